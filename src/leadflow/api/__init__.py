@@ -1,0 +1,1 @@
+"""The management API (`/api/`), authenticated with a workspace secret key."""

@@ -1,0 +1,1 @@
+"""Support for LeadFlow's own test suite (settings and helpers); not used in production."""

@@ -1,0 +1,193 @@
+"""Validating Segment-compatible messages and appending them to the event log.
+
+Ingestion never touches profiles: it checks each message, fixes its time for client clock skew
+and appends it. The worker derives everything else (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+import zlib
+from dataclasses import dataclass, field
+
+import orjson
+from django.conf import settings
+from django.db import transaction
+
+from leadflow.core import clock
+from leadflow.core.models import Workspace
+from leadflow.tracking.models import Event, EventType
+
+MAX_ID_LENGTH = 255
+SHORT_TYPES = {"i": "identify", "t": "track", "p": "page", "s": "screen", "g": "group", "a": "alias"}
+_OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+
+
+class Rejected(ValueError):
+    """One message that cannot be stored; the message says why."""
+
+
+@dataclass
+class AppendResult:
+    accepted: int = 0
+    rejected: list[dict] = field(default_factory=list)
+
+
+def _parse_time(value: object, name: str) -> dt.datetime | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise Rejected(f"{name} must be an ISO 8601 string")
+    text = value.strip()
+    if text.endswith("Z") or text.endswith("z"):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise Rejected(f"{name} {value!r} is not an ISO 8601 date-time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.astimezone(dt.timezone.utc)
+
+
+def _ident(msg: dict, name: str) -> str:
+    value = msg.get(name)
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise Rejected(f"{name} must be a string")
+    text = str(value).strip()
+    if len(text) > MAX_ID_LENGTH:
+        raise Rejected(f"{name} is longer than {MAX_ID_LENGTH} characters")
+    return text
+
+
+def shard_for(workspace_id: int, key: str) -> int:
+    return zlib.crc32(f"{workspace_id}:{key}".encode()) % settings.LEADFLOW_SHARDS
+
+
+def message_to_event(msg: object, *, workspace_id: int, received_at: dt.datetime,
+                     default_type: str | None = None, request_ip: str | None = None,
+                     size: int | None = None) -> Event:
+    """Validate one message and build its (unsaved) Event; raises Rejected with the reason."""
+    if not isinstance(msg, dict):
+        raise Rejected("each message must be a JSON object")
+    if size is None:
+        size = len(orjson.dumps(msg))
+    if size > settings.LEADFLOW_MAX_EVENT_BYTES:
+        raise Rejected(f"message is {size} bytes, over the {settings.LEADFLOW_MAX_EVENT_BYTES}-byte limit")
+    kind = msg.get("type") or default_type
+    if not isinstance(kind, str) or kind not in EventType.values:
+        raise Rejected(f"type must be one of {', '.join(EventType.values)}, not {kind!r}")
+    user_id = _ident(msg, "userId")
+    anonymous_id = _ident(msg, "anonymousId")
+    message_id = _ident(msg, "messageId") or f"lf-{uuid.uuid4()}"
+    for name in _OBJECT_FIELDS:
+        if msg.get(name) is not None and not isinstance(msg[name], dict):
+            raise Rejected(f"{name} must be a JSON object")
+    group_id = previous_id = event_name = ""
+    if kind == "alias":
+        previous_id = _ident(msg, "previousId")
+        if not user_id or not previous_id:
+            raise Rejected("alias needs both userId and previousId")
+    elif not user_id and not anonymous_id:
+        raise Rejected("userId or anonymousId is required")
+    if kind == "track":
+        event_name = msg.get("event")
+        if not isinstance(event_name, str) or not event_name.strip():
+            raise Rejected("track needs an event name")
+        event_name = event_name.strip()
+        if len(event_name) > 255:
+            raise Rejected("event name is longer than 255 characters")
+    elif kind in ("page", "screen"):
+        name = msg.get("name")
+        if name is not None and not isinstance(name, str):
+            raise Rejected("name must be a string")
+        event_name = (name or "").strip()[:255]
+    elif kind == "group":
+        group_id = _ident(msg, "groupId")
+        if not group_id:
+            raise Rejected("group needs a groupId")
+
+    client_time = _parse_time(msg.get("originalTimestamp"), "originalTimestamp") or \
+        _parse_time(msg.get("timestamp"), "timestamp")
+    sent_at = _parse_time(msg.get("sentAt"), "sentAt")
+    if client_time and sent_at:
+        timestamp = received_at - (sent_at - client_time)  # correct the client's clock skew
+    else:
+        timestamp = client_time or received_at
+
+    properties = dict(msg.get("properties") or {})
+    if kind in ("page", "screen"):
+        for extra in ("name", "category"):
+            if isinstance(msg.get(extra), str) and extra not in properties:
+                properties[extra] = msg[extra]
+    context = dict(msg.get("context") or {})
+    if request_ip and not context.get("ip"):
+        context["ip"] = request_ip
+    traits = dict(msg.get("traits") or {})
+    return Event(
+        workspace_id=workspace_id, message_id=message_id, type=kind, event=event_name,
+        anonymous_id=anonymous_id, user_id=user_id, group_id=group_id, previous_id=previous_id,
+        properties=properties, traits=traits, context=context,
+        integrations=dict(msg.get("integrations") or {}),
+        timestamp=timestamp, original_timestamp=client_time, sent_at=sent_at, received_at=received_at,
+        shard=shard_for(workspace_id, user_id or anonymous_id),
+    )
+
+
+def batch_items(payload: dict) -> list:
+    """The messages of a /v1/batch body, with the batch's context and integrations merged in."""
+    items = payload.get("batch")
+    if not isinstance(items, list):
+        raise Rejected("batch must be a JSON array of messages")
+    shared = {name: payload[name] for name in ("context", "integrations")
+              if isinstance(payload.get(name), dict)}
+    if not shared:
+        return items
+    merged = []
+    for item in items:
+        if isinstance(item, dict):
+            item = dict(item)
+            for name, values in shared.items():
+                own = item.get(name)
+                item[name] = {**values, **own} if isinstance(own, dict) else (own if own is not None else dict(values))
+        merged.append(item)
+    return merged
+
+
+def events_append(*, workspace: Workspace | int, messages: list, default_type: str | None = None,
+                  request_ip: str | None = None, sizes: list[int] | None = None) -> AppendResult:
+    """Validate each message and append the good ones; idempotent on messageId."""
+    workspace_id = workspace if isinstance(workspace, int) else workspace.pk
+    received_at = clock.now()
+    result = AppendResult()
+    rows = []
+    for index, msg in enumerate(messages):
+        try:
+            rows.append(message_to_event(msg, workspace_id=workspace_id, received_at=received_at,
+                                         default_type=default_type, request_ip=request_ip,
+                                         size=sizes[index] if sizes else None))
+        except Rejected as exc:
+            entry = {"index": index, "reason": str(exc)}
+            if isinstance(msg, dict) and isinstance(msg.get("messageId"), str):
+                entry["messageId"] = msg["messageId"][:MAX_ID_LENGTH]
+            result.rejected.append(entry)
+    if rows:
+        with transaction.atomic():
+            Event.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+    result.accepted = len(rows)
+    return result
+
+
+def gunzip_limited(body: bytes, limit: int) -> bytes:
+    """Decompress a gzip body, refusing (with Rejected) anything that inflates past `limit`."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise Rejected(f"body is not valid gzip: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise OverflowError(f"decompressed body is over the {limit}-byte limit")
+    return out
