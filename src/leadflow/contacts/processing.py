@@ -111,6 +111,30 @@ def _touch_for(event) -> dict:
             "at": at, "informative": False}
 
 
+def _lock_owners(workspace_id: int, query: Q | None) -> tuple[dict[Key, int], dict[int, Contact]]:
+    """The identities among `query` and their contacts, row-locked.
+
+    Another worker may merge (and delete) a contact between reading an identity and locking its
+    contact, so identities are read again once the locks are held, until both agree. Locks are
+    taken in id order, so two workers never wait on each other in a cycle.
+    """
+    contacts: dict[int, Contact] = {}
+    if query is None:
+        return {}, contacts
+    locked: set[int] = set()
+    while True:
+        existing = {(kind, value): contact_id for kind, value, contact_id in
+                    Identity.objects.filter(query, workspace_id=workspace_id)
+                    .values_list("kind", "value", "contact_id")}
+        wanted_ids = set(existing.values())
+        if wanted_ids <= locked:
+            return existing, {pk: c for pk, c in contacts.items() if pk in wanted_ids}
+        for contact in (Contact.objects.select_for_update().filter(pk__in=wanted_ids - locked)
+                        .order_by("pk")):
+            contacts[contact.pk] = contact
+        locked |= wanted_ids
+
+
 def process_events(events: list) -> int:
     """Resolve and apply a batch of events (call inside a transaction). Returns events done."""
     by_workspace: dict[int, list] = defaultdict(list)
@@ -138,13 +162,7 @@ def _process_workspace(workspace_id: int, events: list, now: dt.datetime) -> Non
     query = Q()
     for kind, values in wanted.items():
         query |= Q(kind=kind, value__in=values)
-    existing: dict[Key, int] = {}
-    if wanted:
-        for kind, value, contact_id in (Identity.objects.filter(query, workspace_id=workspace_id)
-                                        .values_list("kind", "value", "contact_id")):
-            existing[(kind, value)] = contact_id
-    contacts = {c.pk: c for c in Contact.objects.select_for_update()
-                .filter(pk__in=set(existing.values())).order_by("pk")}
+    existing, contacts = _lock_owners(workspace_id, query if wanted else None)
 
     comps = _Components()
     for contact in contacts.values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import random
 import threading
 import time
 
@@ -20,7 +21,7 @@ from leadflow.core import clock
 
 log = logging.getLogger(__name__)
 
-RETRIES = 3
+RETRIES = 5
 
 
 def shards_ensure() -> None:
@@ -68,7 +69,9 @@ def shard_process_batch(shard: int, *, limit: int | None = None) -> int | None:
                 row.save(update_fields=["last_run_at", "processed"])
                 return len(events)
         except (IntegrityError, OperationalError) as exc:
-            log.warning("shard %s batch failed (attempt %d), retrying: %s", shard, attempt + 1, exc)
+            # Two workers created the same identity, or a deadlock: redo the batch from the rows.
+            log.info("shard %s batch conflicted (attempt %d), retrying: %s", shard, attempt + 1, exc)
+            time.sleep(random.uniform(0.0, 0.05 * (attempt + 1)))
     return _process_one_by_one(shard, limit)
 
 
