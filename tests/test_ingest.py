@@ -160,6 +160,14 @@ def test_clock_skew_is_corrected_from_sent_at(client, ws, frozen_clock):
     assert event.original_timestamp == dt.datetime(2026, 3, 2, 9, 59, tzinfo=dt.timezone.utc)
 
 
+def test_batch_level_sent_at_corrects_every_message(client, ws, frozen_clock):
+    body = {"batch": [page(1, timestamp="2026-03-02T07:00:00Z"), page(2, timestamp="2026-03-02T07:30:00Z")],
+            "sentAt": "2026-03-02T08:00:00Z"}  # client clock 1 hour fast
+    assert post_batch(client, ws, [], body=body).status_code == 200
+    times = list(Event.objects.order_by("message_id").values_list("timestamp", flat=True))
+    assert times == [frozen_clock() - dt.timedelta(hours=1), frozen_clock() - dt.timedelta(minutes=30)]
+
+
 def test_batch_context_and_integrations_merge_into_items(client, ws):
     body = {
         "batch": [page(1), page(2, context={"locale": "pt-PT", "library": {"name": "own"}})],

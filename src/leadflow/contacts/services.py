@@ -12,11 +12,14 @@ from leadflow.core.services import ServiceError, audit_record
 
 
 def _earlier(a: dict, b: dict) -> dict:
+    """The earlier touch; at the same moment, the one that says where the person came from."""
     if not a:
         return b
     if not b:
         return a
-    return b if b.get("at", "") < a.get("at", "") else a
+    rank_a = (a.get("at", ""), not a.get("informative"))
+    rank_b = (b.get("at", ""), not b.get("informative"))
+    return b if rank_b < rank_a else a
 
 
 def _later_informative(a: dict, b: dict) -> dict:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from leadflow.core import clock
 from leadflow.core.models import Workspace
@@ -22,6 +22,8 @@ from leadflow.tracking.models import Event, EventType
 MAX_ID_LENGTH = 255
 SHORT_TYPES = {"i": "identify", "t": "track", "p": "page", "s": "screen", "g": "group", "a": "alias"}
 _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+_TYPES = frozenset(EventType.values)
+_TYPE_LIST = ", ".join(EventType.values)
 
 
 class Rejected(ValueError):
@@ -71,6 +73,16 @@ def message_to_event(msg: object, *, workspace_id: int, received_at: dt.datetime
                      default_type: str | None = None, request_ip: str | None = None,
                      size: int | None = None) -> Event:
     """Validate one message and build its (unsaved) Event; raises Rejected with the reason."""
+    return Event(**_message_fields(msg, workspace_id=workspace_id, received_at=received_at,
+                                   default_type=default_type, request_ip=request_ip, size=size))
+
+
+def _message_fields(msg: object, *, workspace_id: int, received_at: dt.datetime,
+                    default_type: str | None, request_ip: str | None, size: int | None) -> dict:
+    """The checks of `message_to_event`, returning the Event's field values as a dict.
+
+    `events_append` inserts these values directly, skipping model instances on the hot path.
+    """
     if not isinstance(msg, dict):
         raise Rejected("each message must be a JSON object")
     if size is None:
@@ -78,8 +90,8 @@ def message_to_event(msg: object, *, workspace_id: int, received_at: dt.datetime
     if size > settings.LEADFLOW_MAX_EVENT_BYTES:
         raise Rejected(f"message is {size} bytes, over the {settings.LEADFLOW_MAX_EVENT_BYTES}-byte limit")
     kind = msg.get("type") or default_type
-    if not isinstance(kind, str) or kind not in EventType.values:
-        raise Rejected(f"type must be one of {', '.join(EventType.values)}, not {kind!r}")
+    if not isinstance(kind, str) or kind not in _TYPES:
+        raise Rejected(f"type must be one of {_TYPE_LIST}, not {kind!r}")
     user_id = _ident(msg, "userId")
     anonymous_id = _ident(msg, "anonymousId")
     message_id = _ident(msg, "messageId") or f"lf-{uuid.uuid4()}"
@@ -127,7 +139,7 @@ def message_to_event(msg: object, *, workspace_id: int, received_at: dt.datetime
     if request_ip and not context.get("ip"):
         context["ip"] = request_ip
     traits = dict(msg.get("traits") or {})
-    return Event(
+    return dict(
         workspace_id=workspace_id, message_id=message_id, type=kind, event=event_name,
         anonymous_id=anonymous_id, user_id=user_id, group_id=group_id, previous_id=previous_id,
         properties=properties, traits=traits, context=context,
@@ -144,12 +156,15 @@ def batch_items(payload: dict) -> list:
         raise Rejected("batch must be a JSON array of messages")
     shared = {name: payload[name] for name in ("context", "integrations")
               if isinstance(payload.get(name), dict)}
-    if not shared:
+    sent_at = payload.get("sentAt")  # Segment's libraries stamp the batch, not each message
+    if not shared and not sent_at:
         return items
     merged = []
     for item in items:
         if isinstance(item, dict):
             item = dict(item)
+            if sent_at and not item.get("sentAt"):
+                item["sentAt"] = sent_at
             for name, values in shared.items():
                 own = item.get(name)
                 item[name] = {**values, **own} if isinstance(own, dict) else (own if own is not None else dict(values))
@@ -166,9 +181,9 @@ def events_append(*, workspace: Workspace | int, messages: list, default_type: s
     rows = []
     for index, msg in enumerate(messages):
         try:
-            rows.append(message_to_event(msg, workspace_id=workspace_id, received_at=received_at,
-                                         default_type=default_type, request_ip=request_ip,
-                                         size=sizes[index] if sizes else None))
+            rows.append(_message_fields(msg, workspace_id=workspace_id, received_at=received_at,
+                                        default_type=default_type, request_ip=request_ip,
+                                        size=sizes[index] if sizes else None))
         except Rejected as exc:
             entry = {"index": index, "reason": str(exc)}
             if isinstance(msg, dict) and isinstance(msg.get("messageId"), str):
@@ -176,9 +191,63 @@ def events_append(*, workspace: Workspace | int, messages: list, default_type: s
             result.rejected.append(entry)
     if rows:
         with transaction.atomic():
-            Event.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+            _events_insert(rows)
     result.accepted = len(rows)
     return result
+
+
+# The event log's columns, in model order, without the serial id. JSON columns and date-times
+# are adapted here once per value instead of through the ORM's per-field preparation, which was
+# most of the cost of `bulk_create` on this path (docs/benchmarks.md).
+_JSON_FIELDS = frozenset(f.name for f in Event._meta.concrete_fields if f.get_internal_type() == "JSONField")
+_TIME_FIELDS = frozenset(f.name for f in Event._meta.concrete_fields if f.get_internal_type() == "DateTimeField")
+_INSERT_FIELDS = [f for f in Event._meta.concrete_fields if not f.primary_key]
+
+
+def _events_insert(rows: list[dict]) -> None:
+    """Insert validated field dicts like `bulk_create(..., ignore_conflicts=True)` would.
+
+    PostgreSQL: multi-row `INSERT … ON CONFLICT DO NOTHING`, 500 rows a statement, JSON as jsonb.
+    SQLite: `INSERT OR IGNORE` of one prepared row statement through `executemany`.
+    Fields the validator does not set (contact, processed_at, error) get their model defaults.
+    """
+    table = connection.ops.quote_name(Event._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in _INSERT_FIELDS)
+    defaults = {f.attname: f.get_db_prep_save(f.get_default(), connection)
+                for f in _INSERT_FIELDS if f.name not in rows[0] and f.attname not in rows[0]}
+    names = [f.attname if f.attname in rows[0] or f.attname in defaults else f.name for f in _INSERT_FIELDS]
+    postgres = connection.vendor == "postgresql"
+    adapt_time = None if postgres else connection.ops.adapt_datetimefield_value
+    dumps = orjson.dumps
+
+    def values(row: dict) -> list:
+        out = []
+        for name in names:
+            if name in defaults:
+                out.append(defaults[name])
+                continue
+            value = row[name]
+            if name in _JSON_FIELDS:
+                value = dumps(value).decode()
+            elif adapt_time is not None and name in _TIME_FIELDS and value is not None:
+                value = adapt_time(value)
+            out.append(value)
+        return out
+
+    with connection.cursor() as cursor:
+        if postgres:
+            one = "(" + ", ".join("%s::jsonb" if n in _JSON_FIELDS else "%s" for n in names) + ")"
+            for start in range(0, len(rows), 500):
+                chunk = rows[start:start + 500]
+                params = []
+                for row in chunk:
+                    params.extend(values(row))
+                cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([one] * len(chunk))} "
+                               "ON CONFLICT DO NOTHING", params)
+        else:
+            marks = ", ".join(["%s"] * len(names))
+            cursor.executemany(f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({marks})",
+                               [values(row) for row in rows])
 
 
 def gunzip_limited(body: bytes, limit: int) -> bytes:
