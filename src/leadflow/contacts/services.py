@@ -29,7 +29,7 @@ def _later_informative(a: dict, b: dict) -> dict:
         return a
     rank_a = (bool(a.get("informative")), a.get("at", ""))
     rank_b = (bool(b.get("informative")), b.get("at", ""))
-    return b if rank_b > rank_a else a
+    return b if rank_b >= rank_a else a
 
 
 def touch_record(contact: Contact, touch: dict) -> None:
