@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 from ninja import Schema
+from pydantic import Field
 
 
 class SourceOut(Schema):
@@ -33,6 +34,22 @@ class CompanyOut(Schema):
     group_id: str | None
     traits: dict[str, Any]
     created_at: dt.datetime
+
+
+class CompanyDetailOut(CompanyOut):
+    updated_at: dt.datetime
+    contacts_count: int
+
+
+class CompanyPage(Schema):
+    items: list[CompanyDetailOut]
+    next: str | None
+
+
+class CompanyPatch(Schema):
+    name: str | None = Field(None, max_length=255)
+    domain: str | None = Field(None, max_length=255)
+    traits: dict[str, Any] | None = Field(None, description="set traits; a null value removes one")
 
 
 class ContactOut(Schema):
@@ -84,7 +101,134 @@ class EventPage(Schema):
 
 
 class TraitsIn(Schema):
-    traits: dict[str, Any]
+    traits: dict[str, Any] = Field(description="set traits; a null or empty value removes one")
+
+
+class MergeIn(Schema):
+    other_id: int = Field(description="the contact to fold into this one; it ceases to exist")
+
+
+class MagnetRef(Schema):
+    id: int
+    slug: str
+    name: str
+
+
+class FormIn(Schema):
+    name: str = Field(min_length=1, max_length=200)
+    slug: str = Field("", max_length=100, description="derived from the name when empty")
+    fields: list[Any] = Field(description="list of {name, label, type, required, options}; "
+                                          "one must be an email field named 'email'")
+    submit_label: str = Field("Submit", min_length=1, max_length=100)
+    consent_text: str = ""
+    consent_required: bool = False
+    consent_topic: str = Field("marketing", max_length=100)
+    lead_magnet: int | str | None = Field(None, description="id or slug of a lead magnet to deliver")
+    success_message: str = "Thank you!"
+    redirect_url: str = Field("", max_length=1000)
+
+
+class FormPatch(Schema):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    slug: str | None = Field(None, min_length=1, max_length=100)
+    fields: list[Any] | None = None
+    submit_label: str | None = Field(None, min_length=1, max_length=100)
+    consent_text: str | None = None
+    consent_required: bool | None = None
+    consent_topic: str | None = Field(None, max_length=100)
+    lead_magnet: int | str | None = Field(None, description="id or slug; null detaches the magnet")
+    success_message: str | None = None
+    redirect_url: str | None = Field(None, max_length=1000)
+
+
+class FormOut(Schema):
+    id: int
+    slug: str
+    name: str
+    fields: list[dict[str, Any]]
+    submit_label: str
+    consent_text: str
+    consent_required: bool
+    consent_topic: str
+    lead_magnet: MagnetRef | None
+    success_message: str
+    redirect_url: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    archived_at: dt.datetime | None
+    hosted_url: str
+    embed_snippet: str
+
+
+class FormPage(Schema):
+    items: list[FormOut]
+    next: str | None
+
+
+class MagnetIn(Schema):
+    name: str = Field(min_length=1, max_length=200)
+    slug: str = Field("", max_length=100, description="derived from the name when empty")
+    kind: str = "ebook"
+    delivery_url: str = Field(max_length=1000)
+    description: str = ""
+
+
+class MagnetPatch(Schema):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    slug: str | None = Field(None, min_length=1, max_length=100)
+    kind: str | None = None
+    delivery_url: str | None = Field(None, max_length=1000)
+    description: str | None = None
+
+
+class MagnetOut(Schema):
+    id: int
+    slug: str
+    name: str
+    kind: str
+    delivery_url: str
+    description: str
+    created_at: dt.datetime
+    archived_at: dt.datetime | None
+    downloads: int = Field(description="`Asset Downloaded` events for this magnet's slug")
+    form_submissions: int = Field(description="`Form Submitted` events for this magnet's slug")
+
+
+class MagnetPage(Schema):
+    items: list[MagnetOut]
+    next: str | None
+
+
+class UtmBreakdownOut(Schema):
+    utm_source: str
+    utm_medium: str
+    utm_campaign: str
+    contacts: int
+
+
+class ChannelSourcesOut(Schema):
+    channel: str
+    label: str
+    contacts: int
+    breakdown: list[UtmBreakdownOut]
+
+
+class SourcesOut(Schema):
+    total_contacts: int
+    unattributed: int = Field(description="contacts with no first touch recorded yet")
+    channels: list[ChannelSourcesOut]
+
+
+class ChannelOut(Schema):
+    channel: str
+    label: str
+
+
+class WorkspaceOut(Schema):
+    id: int
+    slug: str
+    name: str
+    created_at: dt.datetime
 
 
 class ErrorOut(Schema):

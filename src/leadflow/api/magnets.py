@@ -1,0 +1,101 @@
+"""Lead magnets: list, create, get, update, archive; each with its downloads and form submissions."""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count
+from django.db.models.fields.json import KT
+from ninja import Query, Router, Status
+from ninja.errors import HttpError
+
+from leadflow.api import cursor
+from leadflow.api.schemas import MagnetIn, MagnetOut, MagnetPage, MagnetPatch
+from leadflow.core import clock
+from leadflow.core.services import ServiceError
+from leadflow.tracking import forms as form_service
+from leadflow.tracking.models import Event, LeadMagnet
+
+router = Router(tags=["lead magnets"])
+
+DOWNLOADED = "Asset Downloaded"
+SUBMITTED = "Form Submitted"
+
+
+def magnet_counts(*, workspace, slugs: list[str]) -> dict[str, dict[str, int]]:
+    """Downloads and form submissions per magnet slug, for a whole page in one query."""
+    counts = {slug: {"downloads": 0, "form_submissions": 0} for slug in slugs}
+    if not slugs:
+        return counts
+    # Filter on the JSON key (`properties__magnet_slug__in` encodes the values for each store);
+    # group on its text, so the slugs come back as plain strings.
+    rows = (Event.objects.filter(workspace=workspace, event__in=[DOWNLOADED, SUBMITTED],
+                                 properties__magnet_slug__in=slugs)
+            .values("event", magnet_slug=KT("properties__magnet_slug")).annotate(n=Count("id")).order_by())
+    for row in rows:
+        key = "downloads" if row["event"] == DOWNLOADED else "form_submissions"
+        counts[row["magnet_slug"]][key] = row["n"]
+    return counts
+
+
+def magnets_out(workspace, magnets: list[LeadMagnet]) -> list[dict]:
+    counts = magnet_counts(workspace=workspace, slugs=[m.slug for m in magnets])
+    return [{
+        "id": m.pk, "slug": m.slug, "name": m.name, "kind": m.kind, "delivery_url": m.delivery_url,
+        "description": m.description, "created_at": m.created_at, "archived_at": m.archived_at,
+        **counts[m.slug],
+    } for m in magnets]
+
+
+def _get(request, magnet_id: int) -> LeadMagnet:
+    magnet = LeadMagnet.objects.filter(workspace=request.workspace, pk=magnet_id).first()
+    if magnet is None:
+        raise HttpError(404, f"no lead magnet {magnet_id} in this workspace")
+    return magnet
+
+
+def _save(request, *, values: dict, magnet: LeadMagnet | None = None) -> LeadMagnet:
+    try:
+        with transaction.atomic():
+            return form_service.magnet_save(workspace=request.workspace, magnet=magnet, **values)
+    except IntegrityError:  # a concurrent request took the slug between the check and the insert
+        raise ServiceError(f"a lead magnet with the slug {values.get('slug')!r} already exists") from None
+
+
+@router.get("", response=MagnetPage, summary="List lead magnets (newest first) with their counts")
+def magnets_list(request, archived: bool = Query(False, description="list archived magnets instead"),
+                 limit: int = Query(50, ge=1, le=cursor.MAX_LIMIT),
+                 next: str | None = Query(None, description="the `next` cursor of the previous page")):
+    qs = LeadMagnet.objects.filter(workspace=request.workspace, archived_at__isnull=not archived)
+    items, following = cursor.page(qs, cursor=next, limit=limit, order=("-pk",))
+    return {"items": magnets_out(request.workspace, items), "next": following}
+
+
+@router.post("", response={201: MagnetOut}, summary="Create a lead magnet")
+def magnets_create(request, payload: MagnetIn):
+    magnet = _save(request, values=payload.dict())
+    return Status(201, magnets_out(request.workspace, [magnet])[0])
+
+
+@router.get("/{magnet_id}", response=MagnetOut, summary="One lead magnet with its counts")
+def magnets_get(request, magnet_id: int):
+    return magnets_out(request.workspace, [_get(request, magnet_id)])[0]
+
+
+@router.patch("/{magnet_id}", response=MagnetOut, summary="Change a lead magnet (only the fields sent)")
+def magnets_update(request, magnet_id: int, payload: MagnetPatch):
+    magnet = _get(request, magnet_id)
+    values = {"slug": magnet.slug, "name": magnet.name, "kind": magnet.kind,
+              "delivery_url": magnet.delivery_url, "description": magnet.description}
+    values.update({k: v for k, v in payload.dict(exclude_unset=True).items() if v is not None})
+    magnet = _save(request, values=values, magnet=magnet)
+    return magnets_out(request.workspace, [magnet])[0]
+
+
+@router.delete("/{magnet_id}", response={204: None},
+               summary="Archive a lead magnet: it leaves the lists, its history and links stay")
+def magnets_archive(request, magnet_id: int):
+    magnet = _get(request, magnet_id)
+    if magnet.archived_at is None:
+        magnet.archived_at = clock.now()
+        magnet.save(update_fields=["archived_at"])
+    return Status(204, None)
