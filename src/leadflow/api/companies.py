@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from django.db.models import Count
 from ninja import Query, Router
 from ninja.errors import HttpError
@@ -11,15 +9,11 @@ from ninja.errors import HttpError
 from leadflow.api import cursor
 from leadflow.api.auth import actor
 from leadflow.api.schemas import CompanyDetailOut, CompanyPage, CompanyPatch
-from leadflow.contacts import hygiene, selectors
+from leadflow.contacts import selectors, services
 from leadflow.contacts.models import Company
-from leadflow.core import clock
-from leadflow.core.services import ServiceError, audit_record
+from leadflow.core.services import ServiceError
 
 router = Router(tags=["companies"])
-
-DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
-
 
 def _with_counts(qs):
     return qs.annotate(contacts_count=Count("contacts"))
@@ -29,36 +23,6 @@ def _get(request, company_id: int) -> Company:
     company = _with_counts(Company.objects.filter(workspace=request.workspace, pk=company_id)).first()
     if company is None:
         raise HttpError(404, f"no company {company_id} in this workspace")
-    return company
-
-
-def _domain_clean(raw: str) -> str:
-    """'https://www.Acme.com/about' -> 'acme.com', as the identity processor stores it."""
-    domain = raw.strip().lower().removeprefix("https://").removeprefix("http://")
-    domain = domain.removeprefix("www.").split("/")[0]
-    if domain and not DOMAIN.match(domain):
-        raise ServiceError(f"domain {raw!r} is not a domain name such as example.com")
-    return domain
-
-
-def _company_update(*, company: Company, changes: dict, actor: str) -> Company:
-    # Belongs in contacts.services (company_update) once that module grows one.
-    if changes.get("name") is not None:
-        company.name = hygiene.company_normalize(changes["name"])
-    if changes.get("domain") is not None:
-        company.domain = _domain_clean(changes["domain"])
-    if changes.get("traits") is not None:
-        traits = dict(company.traits)
-        for name, value in changes["traits"].items():
-            if value is None or value == "":
-                traits.pop(name, None)
-            else:
-                traits[name] = value
-        company.traits = traits
-    company.updated_at = clock.now()
-    company.save(update_fields=["name", "domain", "traits", "updated_at"])
-    audit_record(workspace=company.workspace, actor=actor, action="company.update",
-                 target=f"company:{company.pk}", data={"fields": sorted(changes)})
     return company
 
 
@@ -81,5 +45,8 @@ def companies_get(request, company_id: int):
 def companies_update(request, company_id: int, payload: CompanyPatch):
     company = _get(request, company_id)
     company.workspace = request.workspace
-    _company_update(company=company, changes=payload.dict(exclude_unset=True), actor=actor(request))
+    try:
+        services.company_update(company=company, changes=payload.dict(exclude_unset=True), actor=actor(request))
+    except ServiceError as exc:
+        raise HttpError(400, str(exc)) from exc
     return _get(request, company_id)

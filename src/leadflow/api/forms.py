@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
 from ninja import Query, Router, Status
 from ninja.errors import HttpError
 
 from leadflow.api import cursor
 from leadflow.api.schemas import FormIn, FormOut, FormPage, FormPatch
-from leadflow.core import clock
+from leadflow.api.auth import actor
 from leadflow.core.services import ServiceError
 from leadflow.tracking import forms as form_service
 from leadflow.tracking.models import Form
@@ -49,16 +47,7 @@ def _get(request, form_id: int) -> Form:
     return form
 
 
-def _redirect_url_check(url: str) -> None:
-    if url:
-        try:
-            URLValidator(schemes=["http", "https"])(url)
-        except ValidationError:
-            raise ServiceError(f"redirect_url {url!r} is not an http(s) URL") from None
-
-
 def _save(request, *, values: dict, form: Form | None = None) -> Form:
-    _redirect_url_check(values.get("redirect_url") or "")
     try:
         with transaction.atomic():
             saved = form_service.form_save(workspace=request.workspace, form=form, **values)
@@ -104,8 +93,5 @@ def forms_update(request, form_id: int, payload: FormPatch):
 @router.delete("/{form_id}", response={204: None},
                summary="Archive a form: its hosted page stops answering, its history stays")
 def forms_archive(request, form_id: int):
-    form = _get(request, form_id)
-    if form.archived_at is None:
-        form.archived_at = form.updated_at = clock.now()
-        form.save(update_fields=["archived_at", "updated_at"])
+    form_service.form_archive(form=_get(request, form_id), actor=actor(request))
     return Status(204, None)

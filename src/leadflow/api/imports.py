@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ninja import File, Form, Router, Schema
+from ninja import File, Form, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 
@@ -53,8 +53,8 @@ def _answer(report: ImportReport):
     if report.nothing_imported:
         detail = ("nothing was imported: the file has no data rows" if not report.rows
                   else f"nothing was imported: all {report.rows} rows were rejected")
-        return 400, {"detail": detail, "report": data}
-    return 200, data
+        return Status(400, {"detail": detail, "report": data})
+    return Status(200, data)
 
 
 @router.post("/contacts", response={200: ImportReportOut, 400: ImportFailedOut},
@@ -69,7 +69,7 @@ def import_contacts(request, file: File[UploadedFile], source: Form[str] = "",
         report = contacts_import(workspace=request.workspace, file=file, source_label=source,
                                  mapping=_mapping(mapping), actor=actor(request))
     except ImportFileError as exc:
-        return 400, {"detail": str(exc)}
+        return Status(400, {"detail": str(exc)})
     return _answer(report)
 
 
@@ -82,5 +82,5 @@ def import_events(request, file: File[UploadedFile], mapping: Form[str] = ""):
         report = events_import(workspace=request.workspace, file=file, mapping=_mapping(mapping),
                                actor=actor(request))
     except ImportFileError as exc:
-        return 400, {"detail": str(exc)}
+        return Status(400, {"detail": str(exc)})
     return _answer(report)

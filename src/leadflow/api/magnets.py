@@ -10,7 +10,7 @@ from ninja.errors import HttpError
 
 from leadflow.api import cursor
 from leadflow.api.schemas import MagnetIn, MagnetOut, MagnetPage, MagnetPatch
-from leadflow.core import clock
+from leadflow.api.auth import actor
 from leadflow.core.services import ServiceError
 from leadflow.tracking import forms as form_service
 from leadflow.tracking.models import Event, LeadMagnet
@@ -94,8 +94,5 @@ def magnets_update(request, magnet_id: int, payload: MagnetPatch):
 @router.delete("/{magnet_id}", response={204: None},
                summary="Archive a lead magnet: it leaves the lists, its history and links stay")
 def magnets_archive(request, magnet_id: int):
-    magnet = _get(request, magnet_id)
-    if magnet.archived_at is None:
-        magnet.archived_at = clock.now()
-        magnet.save(update_fields=["archived_at"])
+    form_service.magnet_archive(magnet=_get(request, magnet_id), actor=actor(request))
     return Status(204, None)

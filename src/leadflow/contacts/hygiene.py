@@ -99,6 +99,18 @@ def timezone_normalize(raw: object) -> str:
     return text
 
 
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
+
+
+def domain_normalize(raw: object) -> str:
+    """'https://www.Acme.com/about' -> 'acme.com'; '' for empty; HygieneError if not a domain."""
+    text = text_clean(raw, limit=300).lower()
+    domain = text.removeprefix("https://").removeprefix("http://").removeprefix("www.").split("/")[0]
+    if domain and not _DOMAIN.match(domain):
+        raise HygieneError(f"{text!r} is not a domain name such as example.com")
+    return domain
+
+
 def domain_of(email: str) -> str:
     return email.rsplit("@", 1)[1] if "@" in email else ""
 

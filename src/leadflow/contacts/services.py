@@ -5,7 +5,8 @@ from __future__ import annotations
 from django.db import transaction
 from django.forms.models import model_to_dict
 
-from leadflow.contacts.models import Contact, ContactMerge
+from leadflow.contacts import hygiene
+from leadflow.contacts.models import Company, Contact, ContactMerge
 from leadflow.contacts.traits import traits_apply, traits_merge
 from leadflow.core import clock
 from leadflow.core.services import ServiceError, audit_record
@@ -121,3 +122,29 @@ def contact_delete(*, contact: Contact, actor: str) -> None:
         audit_record(workspace=contact.workspace, actor=actor, action="contact.delete",
                      target=f"contact:{contact.pk}")
         contact.delete()
+
+
+def company_update(*, company: Company, changes: dict, actor: str) -> Company:
+    """Edit a company's name, domain or traits; a null or empty trait value removes it."""
+    if changes.get("name") is not None:
+        company.name = hygiene.company_normalize(changes["name"])
+    if changes.get("domain") is not None:
+        try:
+            company.domain = hygiene.domain_normalize(changes["domain"])
+        except hygiene.HygieneError as exc:
+            raise ServiceError(f"domain: {exc}") from None
+    if changes.get("traits") is not None:
+        if not isinstance(changes["traits"], dict):
+            raise ServiceError("traits must be an object")
+        traits = dict(company.traits)
+        for name, value in changes["traits"].items():
+            if value is None or value == "":
+                traits.pop(name, None)
+            else:
+                traits[name] = value
+        company.traits = traits
+    company.updated_at = clock.now()
+    company.save(update_fields=["name", "domain", "traits", "updated_at"])
+    audit_record(workspace=company.workspace, actor=actor, action="company.update",
+                 target=f"company:{company.pk}", data={"fields": sorted(changes)})
+    return company

@@ -76,6 +76,7 @@ def form_save(*, workspace, slug: str, name: str, fields: list, form: Form | Non
         magnet = found
     if Form.objects.filter(workspace=workspace, slug=slug).exclude(pk=getattr(form, "pk", None)).exists():
         raise ServiceError(f"a form with the slug {slug!r} already exists")
+    _http_url_check(attrs.get("redirect_url") or "", "redirect_url")
     form = form or Form(workspace=workspace)
     form.slug, form.name, form.fields = slug, name.strip() or slug, clean
     form.lead_magnet = magnet or None
@@ -89,8 +90,6 @@ def form_save(*, workspace, slug: str, name: str, fields: list, form: Form | Non
 
 def magnet_save(*, workspace, slug: str, name: str, kind: str, delivery_url: str,
                 description: str = "", magnet: LeadMagnet | None = None) -> LeadMagnet:
-    from django.core.exceptions import ValidationError
-    from django.core.validators import URLValidator
     from django.utils.text import slugify
 
     from leadflow.tracking.models import MagnetKind
@@ -100,16 +99,48 @@ def magnet_save(*, workspace, slug: str, name: str, kind: str, delivery_url: str
         raise ServiceError("a lead magnet needs a name")
     if kind not in MagnetKind.values:
         raise ServiceError(f"kind must be one of {', '.join(MagnetKind.values)}")
-    try:
-        URLValidator(schemes=["http", "https"])(delivery_url)
-    except ValidationError:
-        raise ServiceError(f"delivery URL {delivery_url!r} is not an http(s) URL") from None
+    _http_url_check(delivery_url, "delivery URL", required=True)
     if LeadMagnet.objects.filter(workspace=workspace, slug=slug).exclude(pk=getattr(magnet, "pk", None)).exists():
         raise ServiceError(f"a lead magnet with the slug {slug!r} already exists")
     magnet = magnet or LeadMagnet(workspace=workspace)
     magnet.slug, magnet.name, magnet.kind = slug, name.strip() or slug, kind
     magnet.delivery_url, magnet.description = delivery_url, description
     magnet.save()
+    return magnet
+
+
+def _http_url_check(url: str, what: str, *, required: bool = False) -> None:
+    from django.core.exceptions import ValidationError
+    from django.core.validators import URLValidator
+
+    if not url and not required:
+        return
+    try:
+        URLValidator(schemes=["http", "https"])(url)
+    except ValidationError:
+        raise ServiceError(f"{what} {url!r} is not an http(s) URL") from None
+
+
+def form_archive(*, form: Form, actor: str) -> Form:
+    """Take a form offline: its hosted page answers 404, its submissions stay."""
+    from leadflow.core.services import audit_record
+
+    if form.archived_at is None:
+        form.archived_at = form.updated_at = clock.now()
+        form.save(update_fields=["archived_at", "updated_at"])
+        audit_record(workspace=form.workspace, actor=actor, action="form.archive", target=f"form:{form.slug}")
+    return form
+
+
+def magnet_archive(*, magnet: LeadMagnet, actor: str) -> LeadMagnet:
+    """Retire a lead magnet from the lists; links already handed out keep working."""
+    from leadflow.core.services import audit_record
+
+    if magnet.archived_at is None:
+        magnet.archived_at = clock.now()
+        magnet.save(update_fields=["archived_at"])
+        audit_record(workspace=magnet.workspace, actor=actor, action="magnet.archive",
+                     target=f"magnet:{magnet.slug}")
     return magnet
 
 
