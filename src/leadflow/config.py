@@ -41,6 +41,10 @@ def parse_database_url(url: str) -> dict:
             raise ConfigError(f"LEADFLOW_DATABASE_URL: use sqlite:///ABSOLUTE/PATH, not {url!r}")
         if not path or path == "/":
             raise ConfigError("LEADFLOW_DATABASE_URL: the sqlite URL names no file")
+        if path != "/:memory:":
+            path = "/" + path.lstrip("/")  # sqlite:///tmp/x and sqlite:////tmp/x both mean /tmp/x
+        else:
+            path = ":memory:"
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         return {

@@ -1,0 +1,70 @@
+"""Settings from the environment: database URLs, the generated secret key, SQLite's WAL mode."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from django.db import connection
+
+from leadflow import config
+
+
+def test_sqlite_url(tmp_path):
+    db = config.parse_database_url(f"sqlite:///{tmp_path}/sub/dir/lf.sqlite3")
+    assert db["ENGINE"] == "django.db.backends.sqlite3"
+    assert db["NAME"] == f"{tmp_path}/sub/dir/lf.sqlite3"
+    assert (tmp_path / "sub" / "dir").is_dir(), "the data folder is created"
+    assert "journal_mode=WAL" in db["OPTIONS"]["init_command"]
+    assert db["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+
+
+def test_postgres_url():
+    db = config.parse_database_url("postgresql://lf%40user:p%3Ass@db.internal:6543/leadflow?sslmode=require")
+    assert db["ENGINE"] == "django.db.backends.postgresql"
+    assert (db["USER"], db["PASSWORD"], db["HOST"], db["PORT"], db["NAME"]) == \
+        ("lf@user", "p:ss", "db.internal", "6543", "leadflow")
+    assert db["OPTIONS"] == {"sslmode": "require"}
+
+
+@pytest.mark.parametrize("url,message", [
+    ("mysql://root@localhost/lf", "unsupported scheme"),
+    ("sqlite://relative/path.db", "sqlite:///ABSOLUTE/PATH"),
+    ("sqlite:///", "names no file"),
+])
+def test_bad_urls_are_clear_errors(url, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.parse_database_url(url)
+
+
+def test_default_database_lives_in_the_data_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("LEADFLOW_DATABASE_URL", raising=False)
+    monkeypatch.setenv("LEADFLOW_DATA_DIR", str(tmp_path / "lf"))
+    assert config.database_url() == f"sqlite:///{tmp_path}/lf/leadflow.sqlite3"
+
+
+def test_secret_key_is_generated_once_and_private(monkeypatch, tmp_path):
+    monkeypatch.delenv("LEADFLOW_SECRET_KEY", raising=False)
+    monkeypatch.setenv("LEADFLOW_DATA_DIR", str(tmp_path))
+    first = config.secret_key()
+    assert len(first) > 40 and config.secret_key() == first
+    mode = stat.S_IMODE(os.stat(tmp_path / "secret_key").st_mode)
+    assert mode == 0o600
+    monkeypatch.setenv("LEADFLOW_SECRET_KEY", "from-env")
+    assert config.secret_key() == "from-env"
+
+
+def test_env_int_names_the_variable(monkeypatch):
+    monkeypatch.setenv("LEADFLOW_SHARDS", "many")
+    with pytest.raises(config.ConfigError, match="LEADFLOW_SHARDS must be a whole number"):
+        config.env_int("LEADFLOW_SHARDS", 16)
+
+
+@pytest.mark.django_db
+def test_sqlite_runs_in_wal_mode():
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite-only: the PostgreSQL run has no journal mode")
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        assert cursor.fetchone()[0].lower() == "wal"
