@@ -345,3 +345,4 @@ def test_concurrent_workers_share_the_log_without_double_processing():
     assert sorted(sorted(g) for g in actual.values()) == expected
     assert Contact.objects.filter(workspace=keys.workspace).count() == len(expected)
     assert Identity.objects.filter(workspace=keys.workspace, kind="user_id").count() == 150
+

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count
-from django.db.models.fields.json import KT
 from ninja import Query, Router, Status
 from ninja.errors import HttpError
 
@@ -13,36 +11,19 @@ from leadflow.api.schemas import MagnetIn, MagnetOut, MagnetPage, MagnetPatch
 from leadflow.api.auth import actor
 from leadflow.core.services import ServiceError
 from leadflow.tracking import forms as form_service
-from leadflow.tracking.models import Event, LeadMagnet
+from leadflow.tracking.models import LeadMagnet
+from leadflow.tracking.selectors import magnet_counts
 
 router = Router(tags=["lead magnets"])
 
-DOWNLOADED = "Asset Downloaded"
-SUBMITTED = "Form Submitted"
-
-
-def magnet_counts(*, workspace, slugs: list[str]) -> dict[str, dict[str, int]]:
-    """Downloads and form submissions per magnet slug, for a whole page in one query."""
-    counts = {slug: {"downloads": 0, "form_submissions": 0} for slug in slugs}
-    if not slugs:
-        return counts
-    # Filter on the JSON key (`properties__magnet_slug__in` encodes the values for each store);
-    # group on its text, so the slugs come back as plain strings.
-    rows = (Event.objects.filter(workspace=workspace, event__in=[DOWNLOADED, SUBMITTED],
-                                 properties__magnet_slug__in=slugs)
-            .values("event", magnet_slug=KT("properties__magnet_slug")).annotate(n=Count("id")).order_by())
-    for row in rows:
-        key = "downloads" if row["event"] == DOWNLOADED else "form_submissions"
-        counts[row["magnet_slug"]][key] = row["n"]
-    return counts
 
 
 def magnets_out(workspace, magnets: list[LeadMagnet]) -> list[dict]:
-    counts = magnet_counts(workspace=workspace, slugs=[m.slug for m in magnets])
+    counts = magnet_counts(workspace=workspace, magnets=magnets)
     return [{
         "id": m.pk, "slug": m.slug, "name": m.name, "kind": m.kind, "delivery_url": m.delivery_url,
         "description": m.description, "created_at": m.created_at, "archived_at": m.archived_at,
-        **counts[m.slug],
+        **counts[m.pk],
     } for m in magnets]
 
 

@@ -33,7 +33,7 @@ def workspace_create(*, name: str, slug: str | None = None) -> Workspace:
     return Workspace.objects.create(name=name.strip() or slug, slug=slug)
 
 
-def api_key_create(*, workspace: Workspace, kind: str, name: str = "") -> tuple[ApiKey, str]:
+def api_key_create(*, workspace: Workspace, kind: str, name: str = "", actor: str = "system") -> tuple[ApiKey, str]:
     """Create a key and return it with the raw secret, which is never stored or shown again."""
     if kind not in KEY_PREFIXES:
         raise ServiceError(f"key kind must be 'write' or 'secret', not {kind!r}")
@@ -41,7 +41,7 @@ def api_key_create(*, workspace: Workspace, kind: str, name: str = "") -> tuple[
     key = ApiKey.objects.create(
         workspace=workspace, kind=kind, name=name, prefix=raw[:10], key_hash=key_hash(raw)
     )
-    audit_record(workspace=workspace, actor="system", action="api_key.create", target=key.prefix,
+    audit_record(workspace=workspace, actor=actor, action="api_key.create", target=key.prefix,
                  data={"kind": kind, "name": name})
     return key, raw
 

@@ -24,7 +24,7 @@ class Command(BaseCommand):
         ws = workspace_arg(workspace)
         if action == "create":
             try:
-                _, raw = api_key_create(workspace=ws, kind=options["kind"], name=options["name"])
+                _, raw = api_key_create(workspace=ws, kind=options["kind"], name=options["name"], actor="cli")
             except ServiceError as exc:
                 raise CommandError(str(exc)) from exc
             self.stdout.write(raw)
