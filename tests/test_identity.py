@@ -346,3 +346,15 @@ def test_concurrent_workers_share_the_log_without_double_processing():
     assert Contact.objects.filter(workspace=keys.workspace).count() == len(expected)
     assert Identity.objects.filter(workspace=keys.workspace, kind="user_id").count() == 150
 
+
+
+def test_address_and_id_traits_are_kept_as_sent(ws):
+    send(ws, [{"type": "identify", "userId": "u", "timestamp": at(0),
+               "traits": {"address": "Rua Augusta 1, Lisboa", "id": "crm-77", "name": "Rita Lobo"}}])
+    c = Contact.objects.get()
+    assert c.traits["address"] == "Rua Augusta 1, Lisboa" and c.traits["id"] == "crm-77"
+    assert (c.first_name, c.last_name) == ("Rita", "Lobo") and "name" not in c.traits
+    send(ws, [{"type": "identify", "userId": "u", "timestamp": at(1),
+               "traits": {"address": {"city": "Porto", "country": "Portugal"}}}])
+    c.refresh_from_db()
+    assert c.traits["address"] == {"city": "Porto", "country": "Portugal"} and c.country == "PT"

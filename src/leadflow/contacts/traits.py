@@ -18,8 +18,9 @@ COLUMN_ALIASES = {
     "title": "title", "job_title": "title", "jobTitle": "title",
     "country": "country", "timezone": "timezone", "time_zone": "timezone",
 }
-# never stored as plain traits: identity and structural values handled elsewhere
-RESERVED = {"email", "userId", "user_id", "id", "anonymousId", "company", "address", "name"}
+# never stored as plain traits: ids and the company link are identities and relations, and `name`
+# is split into the first and last name columns
+RESERVED = {"email", "userId", "user_id", "anonymousId", "company", "name"}
 COLUMNS = ("first_name", "last_name", "phone", "title", "country", "timezone", "email")
 
 
@@ -109,8 +110,6 @@ def traits_apply(contact: Contact, traits: dict, *, at: str, email_owned: bool =
         if name in COLUMN_ALIASES or name in RESERVED:
             continue
         changed |= _set(contact, name, value, at, column=False)
-    if isinstance(address, dict):
-        changed |= _set(contact, "address", address, at, column=False)
     return changed
 
 
