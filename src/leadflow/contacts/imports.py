@@ -35,6 +35,7 @@ from django.db.models import Q
 from leadflow.contacts import hygiene
 from leadflow.contacts.models import Identity
 from leadflow.core.models import Workspace
+from leadflow.core.services import ServiceError
 
 CHUNK_ROWS = 5000
 LIBRARY = {"name": "leadflow-import", "version": "1"}
@@ -49,7 +50,7 @@ IGNORE = "ignore"
 Progress = Callable[[int, int], None]
 
 
-class ImportFileError(ValueError):
+class ImportFileError(ServiceError):
     """The file as a whole cannot be imported (missing, not CSV, no identity column, bad mapping)."""
 
 
