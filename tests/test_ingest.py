@@ -236,3 +236,11 @@ def test_raw_body_limit_uses_content_length_first(client, ws):
     resp = client.generic("POST", "/v1/batch", payload, content_type="application/json",
                           HTTP_AUTHORIZATION=ws.basic_auth, CONTENT_LENGTH="9999999")
     assert resp.status_code == 413
+
+
+def test_nul_characters_are_rejected_per_message(client, ws):
+    # PostgreSQL cannot store NUL in text or jsonb; such a message must not fail the whole batch.
+    resp = post_batch(client, ws, [page(1, properties={"title": "bad\x00title"}), page(2)])
+    assert resp.status_code == 200
+    assert "NUL" in resp.json()["rejected"][0]["reason"]
+    assert list(Event.objects.values_list("message_id", flat=True)) == ["msg-2"]

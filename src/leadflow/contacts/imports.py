@@ -576,7 +576,7 @@ def _append_all(*, workspace: Workspace, items: list, messages: list[dict], repo
                 for index, reason in bad.items():
                     report.rejected.append(RejectedRow(fresh[index][0].line, reason))
                 on_stored([item for n, (item, _) in enumerate(fresh) if n not in bad], known)
-                process_pending()
+                process_pending(isolate_failures=False)
             if progress:
                 progress(min(start + CHUNK_ROWS, total), total)
         report.rejected.sort(key=lambda r: r.row)

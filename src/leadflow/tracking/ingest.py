@@ -85,8 +85,11 @@ def _message_fields(msg: object, *, workspace_id: int, received_at: dt.datetime,
     """
     if not isinstance(msg, dict):
         raise Rejected("each message must be a JSON object")
+    encoded = orjson.dumps(msg)
     if size is None:
-        size = len(orjson.dumps(msg))
+        size = len(encoded)
+    if b"\\u0000" in encoded:
+        raise Rejected("text may not contain NUL (\\u0000) characters")
     if size > settings.LEADFLOW_MAX_EVENT_BYTES:
         raise Rejected(f"message is {size} bytes, over the {settings.LEADFLOW_MAX_EVENT_BYTES}-byte limit")
     kind = msg.get("type") or default_type
@@ -196,56 +199,59 @@ def events_append(*, workspace: Workspace | int, messages: list, default_type: s
     return result
 
 
-# The event log's columns, in model order, without the serial id. JSON columns and date-times
-# are adapted here once per value instead of through the ORM's per-field preparation, which was
-# most of the cost of `bulk_create` on this path (docs/benchmarks.md).
-_JSON_FIELDS = frozenset(f.name for f in Event._meta.concrete_fields if f.get_internal_type() == "JSONField")
-_TIME_FIELDS = frozenset(f.name for f in Event._meta.concrete_fields if f.get_internal_type() == "DateTimeField")
+# The event log's columns, in model order, without the serial id. Values are adapted here once
+# instead of through the ORM's per-field preparation, which was most of the cost of `bulk_create`
+# on this path (docs/benchmarks.md).
+_JSON_FIELDS = frozenset(f.attname for f in Event._meta.concrete_fields if f.get_internal_type() == "JSONField")
+_TIME_FIELDS = frozenset(f.attname for f in Event._meta.concrete_fields if f.get_internal_type() == "DateTimeField")
 _INSERT_FIELDS = [f for f in Event._meta.concrete_fields if not f.primary_key]
 
 
 def _events_insert(rows: list[dict]) -> None:
-    """Insert validated field dicts like `bulk_create(..., ignore_conflicts=True)` would.
+    """Insert validated field dicts exactly as `bulk_create(..., ignore_conflicts=True)` would.
 
-    PostgreSQL: multi-row `INSERT … ON CONFLICT DO NOTHING`, 500 rows a statement, JSON as jsonb.
+    PostgreSQL: one `INSERT … SELECT … FROM jsonb_populate_recordset(…) ON CONFLICT DO NOTHING`
+    per 1,000 rows, the rows sent as one JSON parameter (orjson, date-times as ISO 8601 with
+    offset), so neither the ORM nor the driver prepares values one by one.
     SQLite: `INSERT OR IGNORE` of one prepared row statement through `executemany`.
     Fields the validator does not set (contact, processed_at, error) get their model defaults.
     """
-    table = connection.ops.quote_name(Event._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in _INSERT_FIELDS)
-    defaults = {f.attname: f.get_db_prep_save(f.get_default(), connection)
-                for f in _INSERT_FIELDS if f.name not in rows[0] and f.attname not in rows[0]}
-    names = [f.attname if f.attname in rows[0] or f.attname in defaults else f.name for f in _INSERT_FIELDS]
-    postgres = connection.vendor == "postgresql"
-    adapt_time = None if postgres else connection.ops.adapt_datetimefield_value
-    dumps = orjson.dumps
-
-    def values(row: dict) -> list:
-        out = []
-        for name in names:
-            if name in defaults:
-                out.append(defaults[name])
-                continue
-            value = row[name]
-            if name in _JSON_FIELDS:
-                value = dumps(value).decode()
-            elif adapt_time is not None and name in _TIME_FIELDS and value is not None:
-                value = adapt_time(value)
-            out.append(value)
-        return out
-
+    ops = connection.ops
+    table = ops.quote_name(Event._meta.db_table)
+    fields = [f for f in _INSERT_FIELDS if f.attname in rows[0] or f.name in rows[0]] + \
+        [f for f in _INSERT_FIELDS if f.attname not in rows[0] and f.name not in rows[0]]
+    provided = [f.attname if f.attname in rows[0] else f.name for f in fields
+                if f.attname in rows[0] or f.name in rows[0]]
+    defaults = [f.get_default() for f in fields[len(provided):]]
+    columns = ", ".join(ops.quote_name(f.column) for f in fields)
     with connection.cursor() as cursor:
-        if postgres:
-            one = "(" + ", ".join("%s::jsonb" if n in _JSON_FIELDS else "%s" for n in names) + ")"
-            for start in range(0, len(rows), 500):
-                chunk = rows[start:start + 500]
-                params = []
-                for row in chunk:
-                    params.extend(values(row))
-                cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([one] * len(chunk))} "
-                               "ON CONFLICT DO NOTHING", params)
+        if connection.vendor == "postgresql":
+            names = [f.column for f in fields]
+            default_items = list(zip(names[len(provided):], defaults))
+            for start in range(0, len(rows), 1000):
+                payload = [{**{column: row[name] for column, name in zip(names, provided)}, **dict(default_items)}
+                           for row in rows[start:start + 1000]]
+                cursor.execute(
+                    f"INSERT INTO {table} ({columns}) SELECT {columns} FROM "
+                    f"jsonb_populate_recordset(NULL::{table}, %s::jsonb) ON CONFLICT DO NOTHING",
+                    [orjson.dumps(payload).decode()])
         else:
-            marks = ", ".join(["%s"] * len(names))
+            adapt_time = ops.adapt_datetimefield_value
+            dumps = orjson.dumps
+            fixed = [f.get_db_prep_save(value, connection) for f, value in zip(fields[len(provided):], defaults)]
+
+            def values(row: dict) -> list:
+                out = []
+                for name in provided:
+                    value = row[name]
+                    if name in _JSON_FIELDS:
+                        value = dumps(value).decode()
+                    elif name in _TIME_FIELDS and value is not None:
+                        value = adapt_time(value)
+                    out.append(value)
+                return out + fixed
+
+            marks = ", ".join(["%s"] * len(fields))
             cursor.executemany(f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({marks})",
                                [values(row) for row in rows])
 
