@@ -358,3 +358,22 @@ def test_address_and_id_traits_are_kept_as_sent(ws):
                "traits": {"address": {"city": "Porto", "country": "Portugal"}}}])
     c.refresh_from_db()
     assert c.traits["address"] == {"city": "Porto", "country": "Portugal"} and c.country == "PT"
+
+
+def test_company_traits_find_the_same_company_whatever_the_case(ws):
+    send(ws, [{"type": "identify", "userId": "a", "timestamp": at(0),
+               "traits": {"company": {"name": "Acme Corp", "website": "https://www.acme.example/about"}}},
+              {"type": "identify", "userId": "b", "timestamp": at(1), "traits": {"company": "ACME CORP"}}])
+    send(ws, [{"type": "identify", "userId": "c", "timestamp": at(2), "traits": {"company": "acme corp"}}])
+    companies = {c.company_id for c in Contact.objects.all()}
+    assert len(companies) == 1
+    assert Contact.objects.first().company.domain == "acme.example"
+
+
+def test_browser_timezone_fills_an_empty_timezone_only(ws):
+    send(ws, [{"type": "page", "anonymousId": "v", "timestamp": at(0),
+               "context": {"timezone": "Europe/Lisbon", "page": {"url": "https://acme.example/"}}}])
+    assert Contact.objects.get().timezone == "Europe/Lisbon"
+    send(ws, [{"type": "identify", "anonymousId": "v", "timestamp": at(1), "traits": {"timezone": "America/New_York"}},
+              {"type": "page", "anonymousId": "v", "timestamp": at(2), "context": {"timezone": "Asia/Tokyo"}}])
+    assert Contact.objects.get().timezone == "America/New_York"

@@ -24,6 +24,7 @@ from collections import defaultdict
 import orjson
 from django.db import connection
 from django.db.models import Q
+from django.db.models.functions import Lower
 
 from leadflow.contacts import hygiene
 from leadflow.contacts.models import Company, Contact, Identity
@@ -259,6 +260,11 @@ def _process_workspace(workspace_id: int, events: list, now: dt.datetime) -> Non
             traits_apply(contact, context_traits, at=at, email_owned=email_owned)
         if event.type == "alias":
             contact.user_id = event.user_id
+        if not contact.timezone and isinstance(event.context.get("timezone"), str):
+            try:
+                contact.timezone = hygiene.timezone_normalize(event.context["timezone"])
+            except hygiene.HygieneError:
+                pass  # a browser's odd value; the contact's traits may still set one
         company = companies.for_event(event)
         if company is not None:
             contact.company = company
@@ -347,7 +353,9 @@ class _CompanyCache:
             workspace_id=workspace_id, group_id__in=group_ids)} if group_ids else {}
         self.by_name = {}
         if names:
-            for c in Company.objects.filter(workspace_id=workspace_id, name__in=names).order_by("pk"):
+            for c in (Company.objects.annotate(lower_name=Lower("name"))
+                      .filter(workspace_id=workspace_id, lower_name__in={n.lower() for n in names})
+                      .order_by("pk")):
                 self.by_name.setdefault(c.name.lower(), c)
 
     def for_event(self, event) -> Company | None:
@@ -378,8 +386,10 @@ class _CompanyCache:
 
     def _update(self, company: Company, traits: dict, name: str) -> None:
         extra = {k: v for k, v in traits.items() if k not in ("name", "id") and v not in (None, "")}
-        domain = str(traits.get("domain") or traits.get("website") or "").strip().lower()
-        domain = domain.removeprefix("https://").removeprefix("http://").removeprefix("www.").split("/")[0]
+        try:
+            domain = hygiene.domain_normalize(traits.get("domain") or traits.get("website") or "")
+        except hygiene.HygieneError:
+            domain = ""  # the raw value stays in the company's traits
         dirty = False
         if name and company.name != name:
             company.name, dirty = name, True
