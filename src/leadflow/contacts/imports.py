@@ -34,6 +34,7 @@ from django.db.models import Q
 
 from leadflow.contacts import hygiene
 from leadflow.contacts.models import Identity
+from leadflow.core import clock
 from leadflow.core.models import Workspace
 from leadflow.core.services import ServiceError
 
@@ -360,15 +361,10 @@ def parse_timestamp(text: str) -> dt.datetime:
     value = text.strip()
     if _DATE8.fullmatch(value):
         value = f"{value[:4]}-{value[4:6]}-{value[6:]}"
-    if value[-1:] in ("Z", "z"):
-        value = value[:-1] + "+00:00"
     try:
-        parsed = dt.datetime.fromisoformat(value)
+        return clock.parse_iso(value)
     except ValueError:
         raise _RowError(f"timestamp {text!r} is not ISO 8601, YYYY-MM-DD or YYYYMMDD") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.astimezone(dt.timezone.utc)
 
 
 @dataclass

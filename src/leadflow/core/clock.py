@@ -20,6 +20,20 @@ def _system_now() -> dt.datetime:
 _source: Callable[[], dt.datetime] = _system_now
 
 
+def parse_iso(text: str) -> dt.datetime:
+    """An ISO 8601 date or date-time as aware UTC (a naive value is taken as UTC; `Z` accepted).
+
+    Raises ValueError for anything else.
+    """
+    value = text.strip()
+    if value[-1:] in ("Z", "z"):
+        value = value[:-1] + "+00:00"
+    parsed = dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
 def now() -> dt.datetime:
     """The current time, timezone-aware UTC."""
     return _source()

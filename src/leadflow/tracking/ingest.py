@@ -41,16 +41,10 @@ def _parse_time(value: object, name: str) -> dt.datetime | None:
         return None
     if not isinstance(value, str):
         raise Rejected(f"{name} must be an ISO 8601 string")
-    text = value.strip()
-    if text.endswith("Z") or text.endswith("z"):
-        text = text[:-1] + "+00:00"
     try:
-        parsed = dt.datetime.fromisoformat(text)
+        return clock.parse_iso(value)
     except ValueError:
         raise Rejected(f"{name} {value!r} is not an ISO 8601 date-time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.astimezone(dt.timezone.utc)
 
 
 def _ident(msg: dict, name: str) -> str:
