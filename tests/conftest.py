@@ -116,3 +116,40 @@ def shared_data(relative: str) -> Path:
             pytest.fail(f"{path} is missing in CI")
         pytest.skip(f"real data set {relative} not found at {path} (it lives in ../shared/data)")
     return path
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def off_loop(fn):
+    """Run database work in a plain thread: Playwright's sync API keeps an event loop running in
+    the test's thread, and Django refuses ORM calls there (SynchronousOnlyOperation)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    def call():
+        try:
+            return fn()
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(call).result()
+
+
+def browser_or_skip():
+    """(chromium path, sync_playwright), or a skip with the reason; in CI a failure instead."""
+    chromium = chromium_path()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if chromium and sync_playwright:
+        return chromium, sync_playwright
+    reason = ("chromium is not installed (apt-get install chromium)" if not chromium
+              else "playwright is not installed (pip install playwright; never `playwright install`)")
+    if IN_CI:
+        pytest.fail(f"browser test cannot run in CI: {reason}")
+    pytest.skip(reason)

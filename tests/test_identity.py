@@ -49,7 +49,7 @@ def test_anonymous_history_attaches_when_the_person_identifies(ws):
     contact = Contact.objects.get()
     assert contact.email == "ana.silva@example.com" and contact.user_id == "user-1"
     assert contact.first_name == "Ana"
-    assert contact.events.count() == 3
+    assert contact.events.exclude(event="Lifecycle Stage Changed").count() == 3
     assert contact.source_channel == "paid_search"
     assert contact.first_touch["utm_campaign"] == "brand"
     kinds = set(contact.identities.values_list("kind", "value"))
@@ -81,7 +81,7 @@ def test_two_known_profiles_merge_with_the_written_rules(ws):
     send(ws, [{"type": "identify", "userId": "u-42", "timestamp": at(40), "traits": {"email": "bo@acme.example"}}])
     contact = Contact.objects.get()
     assert contact.pk == b.pk, "the profile with a userId survives"
-    assert contact.events.count() == 4
+    assert contact.events.exclude(event="Lifecycle Stage Changed").count() == 4
     assert contact.title == "Head of Analytics"  # newest non-empty wins
     assert contact.traits["plan"] == "free"  # only A had it: kept
     assert contact.first_touch["channel"] == "paid_social"  # earliest first touch wins
@@ -90,7 +90,8 @@ def test_two_known_profiles_merge_with_the_written_rules(ws):
     merge = ContactMerge.objects.get()
     assert merge.loser_id == a.pk and merge.winner_id == contact.pk
     assert merge.loser_snapshot["email"] == "bo@acme.example"
-    assert merge.moved["tracking.event"] == 2 and merge.moved["consent.consentrecord"] == 1
+    # two events sent and its `Lifecycle Stage Changed` (→ lead)
+    assert merge.moved["tracking.event"] == 3 and merge.moved["consent.consentrecord"] == 1
     assert contact_get(workspace=ws.workspace, contact_id=a.pk) == contact
 
 
@@ -123,7 +124,7 @@ def test_shared_browser_never_joins_two_users(ws):
     bob = contact_get_by_identity(workspace=ws.workspace, kind="user_id", value="bob")
     assert alice != bob
     assert contact_get_by_identity(workspace=ws.workspace, kind="anonymous_id", value="kiosk") == alice
-    assert bob.email == "bob@acme.example" and bob.events.count() == 1
+    assert bob.email == "bob@acme.example" and bob.events.exclude(event="Lifecycle Stage Changed").count() == 1
 
 
 def test_invalid_traits_are_kept_not_lost(ws):
@@ -235,7 +236,7 @@ def test_profiles_are_the_components_of_ids_seen_together(db, stream, batch):
     events_append(workspace=keys.workspace, messages=messages)
     with override_settings(LEADFLOW_WORKER_BATCH=batch):
         process_pending()
-    events = list(Event.objects.filter(workspace=keys.workspace))
+    events = list(Event.objects.filter(workspace=keys.workspace).exclude(event="Lifecycle Stage Changed"))
     assert all(e.contact_id and e.processed_at for e in events), "an event was left without a profile"
     actual = {}
     for e in events:
@@ -282,7 +283,7 @@ def test_no_event_is_lost_and_every_event_sits_with_its_primary_id(db, picks, ba
     for (kind, value), contact_id in owner.items():
         if kind == "user_id":
             users_of.setdefault(contact_id, set()).add(value)
-    events = list(Event.objects.filter(workspace=keys.workspace))
+    events = list(Event.objects.filter(workspace=keys.workspace).exclude(event="Lifecycle Stage Changed"))
     assert len(events) == len(messages)
     for event in events:
         assert event.contact_id is not None, "event lost its profile"
@@ -338,8 +339,8 @@ def test_concurrent_workers_share_the_log_without_double_processing():
     # No anonymous id ever meets two users here, so the outcome cannot depend on which worker
     # took which shard: the profiles are exactly the components of ids seen together.
     actual = {}
-    for contact_id, message_id in Event.objects.filter(workspace=keys.workspace).values_list(
-            "contact_id", "message_id"):
+    for contact_id, message_id in Event.objects.filter(workspace=keys.workspace).exclude(
+            event="Lifecycle Stage Changed").values_list("contact_id", "message_id"):
         actual.setdefault(contact_id, set()).add(message_id)
     expected = _expected_partition(messages)
     assert sorted(sorted(g) for g in actual.values()) == expected

@@ -15,6 +15,7 @@ VERBS = {
     "workspaces": "create and list workspaces",
     "import": "import contacts or historical events from CSV",
     "process": "process every pending event now and exit",
+    "scoring": "rescore contacts after rule changes (rescore [--backfill-days N]); train models",
     "manage": "run any Django management command (advanced)",
 }
 
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         execute_from_command_line(["leadflow", *argv[1:]])
         return 0
     command = {"import": "import_data", "keys": "keys", "users": "users"}.get(verb, verb)
+    if verb == "scoring" and argv[1:2] in (["train"], ["models"]):
+        command = "predictive"  # the rule-based scoring command keeps the other scoring actions
     execute_from_command_line(["leadflow", command, *argv[1:]])
     return 0
 

@@ -115,3 +115,15 @@ def env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a whole number, not {raw!r}") from exc
+
+
+def parse_smtp_url(url: str) -> dict | None:
+    """`smtp://user:pass@host:port` (STARTTLS when offered) or `smtps://…` (implicit TLS)."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
+        raise ConfigError(f"LEADFLOW_SMTP_URL: use smtp://USER:PASS@HOST:PORT or smtps://…, not {url!r}")
+    ssl = parts.scheme == "smtps"
+    return {"host": parts.hostname, "port": parts.port or (465 if ssl else 25),
+            "user": unquote(parts.username or ""), "password": unquote(parts.password or ""), "ssl": ssl}

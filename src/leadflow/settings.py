@@ -31,6 +31,9 @@ INSTALLED_APPS = [
     "leadflow.contacts",
     "leadflow.tracking",
     "leadflow.consent",
+    "leadflow.scoring",
+    "leadflow.lifecycle",
+    "leadflow.predictive",
     "leadflow.web",
 ]
 
@@ -98,6 +101,20 @@ LEADFLOW_FORM_RATE_WINDOW = config.env_int("LEADFLOW_FORM_RATE_WINDOW", 600)
 # Django's own cap on request bodies is replaced by the ingestion limits above.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(LEADFLOW_MAX_REQUEST_BYTES, 2_621_440)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 50 * 1024 * 1024
+
+# Email LeadFlow sends itself (sales alerts): LEADFLOW_SMTP_URL, else files in the data folder.
+EMAIL_FROM = os.environ.get("LEADFLOW_EMAIL_FROM", "LeadFlow <leadflow@localhost>")
+DEFAULT_FROM_EMAIL = EMAIL_FROM
+_smtp = config.parse_smtp_url(os.environ.get("LEADFLOW_SMTP_URL", ""))
+if _smtp:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_HOST, EMAIL_PORT = _smtp["host"], _smtp["port"]
+    EMAIL_HOST_USER, EMAIL_HOST_PASSWORD = _smtp["user"], _smtp["password"]
+    EMAIL_USE_SSL = _smtp["ssl"]
+    EMAIL_TIMEOUT = 30
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    EMAIL_FILE_PATH = config.data_dir() / "sent-mail"
 
 LOGGING = {
     "version": 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 from leadflow.core import clock
@@ -14,6 +15,8 @@ class Company(models.Model):
     name = models.CharField(max_length=255, blank=True)
     domain = models.CharField(max_length=255, blank=True, db_index=True)
     traits = models.JSONField(default=dict, blank=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="owned_companies", help_text="the account owner in sales")
     created_at = models.DateTimeField(default=clock.now)
     updated_at = models.DateTimeField(default=clock.now)
 
@@ -49,6 +52,16 @@ class Contact(models.Model):
     first_touch = models.JSONField(default=dict, blank=True)
     latest_touch = models.JSONField(default=dict, blank=True)
     source_channel = models.CharField(max_length=32, blank=True, default="", db_index=True)
+    # Derived by the scoring stage (leadflow.scoring).
+    fit_score = models.IntegerField(default=0)
+    fit_grade = models.CharField(max_length=1, blank=True, default="")
+    engagement_score = models.FloatField(default=0.0)
+    conversion_probability = models.FloatField(null=True, blank=True)
+    # Kept by the lifecycle stage (leadflow.lifecycle); every change is a StageChange row.
+    lifecycle_stage = models.CharField(max_length=32, blank=True, default="")
+    stage_changed_at = models.DateTimeField(null=True, blank=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="owned_contacts")
     first_seen_at = models.DateTimeField(null=True, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=clock.now)
@@ -59,6 +72,8 @@ class Contact(models.Model):
             models.Index(fields=["workspace", "email"]),
             models.Index(fields=["workspace", "user_id"]),
             models.Index(fields=["workspace", "created_at"]),
+            models.Index(fields=["workspace", "lifecycle_stage"]),
+            models.Index(fields=["workspace", "owner"]),
         ]
 
     def __str__(self) -> str:

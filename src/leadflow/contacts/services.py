@@ -40,11 +40,21 @@ def touch_record(contact: Contact, touch: dict) -> None:
     contact.source_channel = contact.first_touch.get("channel", "")
 
 
+# Apps whose rows point at contacts and need more than "re-point them to the survivor" register
+# here (in their AppConfig.ready): `before(winner, loser)` runs before rows move (to settle unique
+# rows such as an open sales assignment), `after(winner)` once they have (to recompute scores).
+MERGE_HOOKS: list[tuple] = []
+
+
+def merge_hook_register(*, before=None, after=None) -> None:
+    MERGE_HOOKS.append((before, after))
+
+
 def _snapshot(contact: Contact) -> dict:
     data = model_to_dict(contact)
     data["id"] = contact.pk
     data["identities"] = list(contact.identities.values("kind", "value"))
-    for name in ("created_at", "updated_at", "first_seen_at", "last_seen_at"):
+    for name in ("created_at", "updated_at", "first_seen_at", "last_seen_at", "stage_changed_at"):
         value = getattr(contact, name)
         data[name] = value.isoformat() if value else None
     return data
@@ -62,6 +72,9 @@ def contact_merge(*, winner: Contact, loser: Contact, reason: str, actor: str = 
         raise ServiceError("cannot merge contacts of different workspaces")
     with transaction.atomic():
         snapshot = _snapshot(loser)
+        for before, _ in MERGE_HOOKS:
+            if before is not None:
+                before(winner, loser)
         moved: dict[str, int] = {}
         for relation in Contact._meta.related_objects:
             if not (relation.one_to_many or relation.one_to_one):
@@ -90,6 +103,9 @@ def contact_merge(*, winner: Contact, loser: Contact, reason: str, actor: str = 
                                              loser_id=loser.pk, reason=reason,
                                              loser_snapshot=snapshot, moved=moved, at=clock.now())
         loser.delete()
+        for _, after in MERGE_HOOKS:
+            if after is not None:
+                after(winner)
         audit_record(workspace=winner.workspace, actor=actor, action="contact.merge",
                      target=f"contact:{winner.pk}", data={"loser": record.loser_id, "reason": reason})
     return record
@@ -108,6 +124,9 @@ def contact_traits_update(*, contact: Contact, traits: dict, actor: str) -> Cont
                  email_owned=False)
     contact.updated_at = clock.now()
     contact.save()
+    from leadflow.scoring.services import contact_rescore
+
+    contact_rescore(contact=contact)  # fit rules read traits
     audit_record(workspace=contact.workspace, actor=actor, action="contact.update",
                  target=f"contact:{contact.pk}", data={"traits": sorted(traits)})
     return contact
@@ -145,6 +164,10 @@ def company_update(*, company: Company, changes: dict, actor: str) -> Company:
         company.traits = traits
     company.updated_at = clock.now()
     company.save(update_fields=["name", "domain", "traits", "updated_at"])
+    from leadflow.scoring.services import contacts_rescore
+
+    contacts_rescore(workspace_id=company.workspace_id,  # fit rules read company traits
+                     contacts=company.contacts.select_related("company").order_by("pk").iterator(chunk_size=1000))
     audit_record(workspace=company.workspace, actor=actor, action="company.update",
                  target=f"company:{company.pk}", data={"fields": sorted(changes)})
     return company

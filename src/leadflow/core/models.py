@@ -90,3 +90,10 @@ class RateHit(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["key", "at"])]
+
+
+class PeriodicRun(models.Model):
+    """When a periodic pass (score decay, SLA timers…) last ran; row-locked so one worker runs it."""
+
+    name = models.CharField(max_length=100, primary_key=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)

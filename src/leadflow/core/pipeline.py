@@ -33,9 +33,43 @@ def shards_ensure() -> None:
 
 
 def _stages():
-    from leadflow.contacts.processing import process_events
+    """The processors every batch goes through, in order; each takes the batch's events (with
+    `event.contact` set by identity resolution) inside the batch's transaction."""
+    from leadflow.contacts.processing import process_events as identity_and_profile
+    from leadflow.lifecycle.processing import process_events as lifecycle
+    from leadflow.scoring.processing import process_events as scoring
 
-    return [process_events]
+    return [identity_and_profile, scoring, lifecycle]
+
+
+def _timers():
+    """Periodic passes: (name, interval in seconds, function taking `now`). Each runs in its own
+    transaction, on one worker at a time, and must be idempotent and set-based."""
+    from leadflow.lifecycle.timers import lifecycle_timers_run
+    from leadflow.scoring.decay import decay_run
+
+    return [("scoring.decay", 3600, decay_run), ("lifecycle.timers", 60, lifecycle_timers_run)]
+
+
+def timers_run(*, force: bool = False) -> list[str]:
+    """Run every periodic pass that is due by the injected clock; returns the names that ran."""
+    from leadflow.core.models import PeriodicRun
+
+    ran = []
+    now = clock.now()
+    for name, interval, function in _timers():
+        PeriodicRun.objects.bulk_create([PeriodicRun(name=name)], ignore_conflicts=True)
+        with transaction.atomic():
+            row = PeriodicRun.objects.select_for_update(skip_locked=True).filter(name=name).first()
+            if row is None:
+                continue  # another worker is running it
+            if not force and row.last_run_at and (now - row.last_run_at).total_seconds() < interval:
+                continue
+            function(now=now)
+            row.last_run_at = now
+            row.save(update_fields=["last_run_at"])
+            ran.append(name)
+    return ran
 
 
 def _pending(shard: int, limit: int):
@@ -179,6 +213,7 @@ def worker_loop(*, idle_sleep: float = 0.2, stop: threading.Event | None = None)
         while not stop.is_set():
             try:
                 done = process_pending(max_batches=50)
+                timers_run()
             except DatabaseError:
                 log.exception("worker pass failed; retrying shortly")
                 done = 0

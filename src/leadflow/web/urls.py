@@ -1,7 +1,7 @@
 """URLs of the marketer UI, mounted at the site root (namespace `web`)."""
 
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from leadflow.web import views
 
@@ -26,4 +26,6 @@ urlpatterns = [
     path("sources/", views.sources, name="sources"),
     path("import/", views.contacts_import_view, name="import"),
     path("settings/", views.settings_page, name="settings"),
+    path("scoring/", include("leadflow.web.urls_scoring")),
+    path("sales/", include("leadflow.web.urls_sales")),
 ]

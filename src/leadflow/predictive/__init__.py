@@ -1,0 +1,1 @@
+"""Predictive scoring: a conversion model trained on the workspace's own history."""
