@@ -177,6 +177,17 @@ def test_planted_signal_is_found_and_every_contact_scored(ws, clock_now):
     assert values["title_seniority"] == title_seniority(best.title)
     assert values["company_employees"] == best.company.traits["employees"]
 
+    # a person who arrives after training is scored by the pipeline as their events are processed
+    from leadflow.core.pipeline import process_pending
+    from leadflow.tracking.ingest import events_append
+
+    events_append(workspace=ws.workspace, messages=[
+        {"type": "identify", "userId": "newcomer", "traits": {"email": "new@bigco.example", "title": "CEO"}},
+        {"type": "page", "userId": "newcomer", "name": "Pricing"}])
+    process_pending()
+    newcomer = Contact.objects.get(workspace=ws.workspace, user_id="newcomer")
+    assert newcomer.conversion_probability is not None and 0.0 <= newcomer.conversion_probability <= 1.0
+
 
 def test_retraining_is_deterministic_and_versioned(ws, clock_now):
     plant(ws.workspace, 2000, seed=11)

@@ -37,9 +37,10 @@ def _stages():
     `event.contact` set by identity resolution) inside the batch's transaction."""
     from leadflow.contacts.processing import process_events as identity_and_profile
     from leadflow.lifecycle.processing import process_events as lifecycle
+    from leadflow.predictive.processing import process_events as predictive
     from leadflow.scoring.processing import process_events as scoring
 
-    return [identity_and_profile, scoring, lifecycle]
+    return [identity_and_profile, scoring, predictive, lifecycle]
 
 
 def _timers():
