@@ -135,7 +135,7 @@ def test_outcome_values_and_title_seniority():
     assert math.isnan(title_seniority(""))
 
 
-def test_planted_signal_is_found_and_every_contact_scored(ws, clock_now):
+def test_planted_signal_is_found_and_every_contact_scored(ws, clock_now, client):
     outcomes = plant(ws.workspace, 3000)
     assert 0.15 < outcomes.mean() < 0.45
     report = train_json("--outcome-trait", "converted", "--workspace", ws.workspace.slug)
@@ -187,6 +187,15 @@ def test_planted_signal_is_found_and_every_contact_scored(ws, clock_now):
     process_pending()
     newcomer = Contact.objects.get(workspace=ws.workspace, user_id="newcomer")
     assert newcomer.conversion_probability is not None and 0.0 <= newcomer.conversion_probability <= 1.0
+
+    # the marketer sees the model on the Scoring page and its reasons on a profile
+    from leadflow.core.services import user_create
+
+    client.force_login(user_create(username="mia", password="pw-mia-12345", workspace=ws.workspace, role="marketer"))
+    scoring_page = client.get("/scoring/").content.decode()
+    assert "v1" in scoring_page and "title_seniority" in scoring_page and f"{report['roc_auc']:.3f}" in scoring_page
+    profile = client.get(f"/contacts/{best.pk}/").content.decode()
+    assert "Conversion model" in profile and "company_employees" in profile
 
 
 def test_retraining_is_deterministic_and_versioned(ws, clock_now):

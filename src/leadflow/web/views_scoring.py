@@ -12,6 +12,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from leadflow.core.services import ServiceError
+from leadflow.predictive.selectors import predictive_models
 from leadflow.scoring import conditions, selectors, services
 from leadflow.scoring.models import RuleKind
 from leadflow.web.views import _actor, workspace_view
@@ -156,6 +157,7 @@ def scoring_page(request: HttpRequest) -> HttpResponse:
         "fit_rules": [r for r in rules if r.kind == RuleKind.FIT],
         "engagement_rules": [r for r in rules if r.kind == RuleKind.ENGAGEMENT],
         "settings": selectors.settings_get(workspace=request.workspace),
+        "models": predictive_models(workspace=request.workspace)[:10],
     })
 
 

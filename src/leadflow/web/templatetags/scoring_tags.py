@@ -9,7 +9,10 @@ register = template.Library()
 
 @register.inclusion_tag("web/scoring/contact_scores.html")
 def contact_scores(contact):
-    return {"explain": score_explain(contact=contact, limit=50), "contact": contact}
+    from leadflow.predictive.selectors import contact_probability_explain
+
+    return {"explain": score_explain(contact=contact, limit=50), "contact": contact,
+            "predictive": contact_probability_explain(contact=contact)}
 
 
 @register.filter
