@@ -23,6 +23,7 @@ from leadflow.core import clock
 log = logging.getLogger(__name__)
 
 RETRIES = 5
+TIMER_CHECK_SECONDS = 5.0
 
 
 def shards_ensure() -> None:
@@ -210,11 +211,14 @@ def worker_loop(*, idle_sleep: float = 0.2, stop: threading.Event | None = None)
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     log.info("worker started")
+    timers_checked = float("-inf")
     try:
         while not stop.is_set():
             try:
                 done = process_pending(max_batches=50)
-                timers_run()
+                if time.monotonic() - timers_checked >= TIMER_CHECK_SECONDS:
+                    timers_run()  # each pass has its own interval; this only bounds how often we look
+                    timers_checked = time.monotonic()
             except DatabaseError:
                 log.exception("worker pass failed; retrying shortly")
                 done = 0
