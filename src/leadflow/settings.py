@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "leadflow.scoring",
     "leadflow.lifecycle",
     "leadflow.predictive",
+    "leadflow.segments",
     "leadflow.web",
 ]
 

@@ -11,6 +11,7 @@ from leadflow.api.forms import router as forms_router
 from leadflow.api.imports import router as imports_router
 from leadflow.api.magnets import router as magnets_router
 from leadflow.api.scoring import router as scoring_router
+from leadflow.api.segments import router as segments_router
 from leadflow.api.sources import router as sources_router
 from leadflow.api.workspace import router as workspace_router
 from leadflow.core.services import ServiceError
@@ -57,5 +58,6 @@ api.add_router("/imports", imports_router)
 api.add_router("/sales", "leadflow.api.sales.router")
 api.add_router("/lifecycle", "leadflow.api.lifecycle.router")
 api.add_router("/scoring", scoring_router)
+api.add_router("/segments", segments_router)
 
 urlpatterns = [path("", api.urls)]

@@ -40,8 +40,9 @@ def _stages():
     from leadflow.lifecycle.processing import process_events as lifecycle
     from leadflow.predictive.processing import process_events as predictive
     from leadflow.scoring.processing import process_events as scoring
+    from leadflow.segments.processing import process_events as segments
 
-    return [identity_and_profile, scoring, predictive, lifecycle]
+    return [identity_and_profile, scoring, predictive, lifecycle, segments]
 
 
 def _timers():
@@ -49,8 +50,10 @@ def _timers():
     transaction, on one worker at a time, and must be idempotent and set-based."""
     from leadflow.lifecycle.timers import lifecycle_timers_run
     from leadflow.scoring.decay import decay_run
+    from leadflow.segments.timers import segments_timers_run
 
-    return [("scoring.decay", 3600, decay_run), ("lifecycle.timers", 60, lifecycle_timers_run)]
+    return [("scoring.decay", 3600, decay_run), ("lifecycle.timers", 60, lifecycle_timers_run),
+            ("segments.timers", 300, segments_timers_run)]
 
 
 def timers_run(*, force: bool = False) -> list[str]:

@@ -28,4 +28,5 @@ urlpatterns = [
     path("settings/", views.settings_page, name="settings"),
     path("scoring/", include("leadflow.web.urls_scoring")),
     path("sales/", include("leadflow.web.urls_sales")),
+    path("segments/", include("leadflow.web.urls_segments")),
 ]

@@ -1,0 +1,1 @@
+"""Segments: the filter language, its compiler to SQL, and segment membership."""

@@ -1,0 +1,352 @@
+"""The filter language compiled to one ORM `Q` over contacts, for SQLite and PostgreSQL.
+
+Everything is built from ORM expressions (lookups, `Exists`, `Subquery`, `Case`, `Cast`) and two
+small JSON functions below whose key paths are bound parameters, so nothing the user wrote is
+ever spliced into SQL text.
+
+Every positive leaf compiles to a condition that is TRUE or FALSE, never NULL (missing values are
+guarded explicitly), so that a negative op or a `not` group is exactly its negation in SQL's
+three-valued logic too. The semantics are written down in `leadflow.segments.language`; the
+reference evaluator (`evaluator.filter_matches`) must agree with this module on every filter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import reduce
+
+from django.contrib.auth import get_user_model
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    Exists,
+    F,
+    FloatField,
+    Func,
+    IntegerField,
+    OuterRef,
+    Q,
+    Subquery,
+    TextField,
+    Value,
+    When,
+)
+from django.db.models.functions import Cast, Coalesce
+from django.db.models.lookups import (
+    Exact,
+    GreaterThan,
+    GreaterThanOrEqual,
+    IContains,
+    IExact,
+    In,
+    IStartsWith,
+    LessThan,
+    LessThanOrEqual,
+    Regex,
+)
+
+from leadflow.consent.models import ConsentRecord
+from leadflow.contacts.models import Company
+from leadflow.segments import language as lang
+from leadflow.segments.models import SegmentMember
+from leadflow.tracking.models import Event
+
+TRUE = Q(pk__isnull=False)
+FALSE = Q(pk__isnull=True)
+
+
+# --- JSON access --------------------------------------------------------------------------------
+
+def _sqlite_path(keys: tuple[str, ...]) -> str:
+    # Key names are restricted to [A-Za-z0-9_-$@ ] by the language, so quoting is enough.
+    return "$" + "".join(f'."{key}"' for key in keys)
+
+
+class JsonText(Func):
+    """The JSON value at `keys` inside `column`: text for JSON strings (and, on PostgreSQL, the
+    text form of anything else); NULL when absent."""
+
+    output_field = TextField()
+
+    def __init__(self, column, keys: tuple[str, ...]):
+        super().__init__(F(column) if isinstance(column, str) else column)
+        self.keys = tuple(keys)
+
+    def as_sqlite(self, compiler, connection, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"JSON_EXTRACT({sql}, %s)", (*params, _sqlite_path(self.keys))
+
+    def as_postgresql(self, compiler, connection, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"({sql} #>> %s)", (*params, list(self.keys))
+
+    def as_sql(self, compiler, connection, **extra):
+        raise NotImplementedError(f"segment filters support SQLite and PostgreSQL, not {connection.vendor}")
+
+
+class JsonKind(Func):
+    """The JSON type at `keys`, the same on both stores: string, number, true, false, null,
+    array, object, or missing."""
+
+    output_field = CharField()
+
+    def __init__(self, column, keys: tuple[str, ...]):
+        super().__init__(F(column) if isinstance(column, str) else column)
+        self.keys = tuple(keys)
+
+    def as_sqlite(self, compiler, connection, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        path = _sqlite_path(self.keys)
+        template = (f"COALESCE(CASE JSON_TYPE({sql}, %s) WHEN 'integer' THEN 'number' WHEN 'real' THEN 'number' "
+                    f"WHEN 'text' THEN 'string' ELSE JSON_TYPE({sql}, %s) END, 'missing')")
+        return template, (*params, path, *params, path)
+
+    def as_postgresql(self, compiler, connection, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        keys = list(self.keys)
+        template = (f"COALESCE(CASE JSONB_TYPEOF({sql} #> %s) WHEN 'boolean' THEN ({sql} #>> %s) "
+                    f"ELSE JSONB_TYPEOF({sql} #> %s) END, 'missing')")
+        return template, (*params, keys, *params, keys, *params, keys)
+
+    def as_sql(self, compiler, connection, **extra):
+        raise NotImplementedError(f"segment filters support SQLite and PostgreSQL, not {connection.vendor}")
+
+
+def _number(value) -> Value:
+    return Value(float(value), output_field=FloatField())
+
+
+_COMPARE = {"gt": GreaterThan, "gte": GreaterThanOrEqual, "lt": LessThan, "lte": LessThanOrEqual}
+
+
+def _any(parts) -> Q:
+    return reduce(lambda a, b: a | b, parts)
+
+
+def _all(parts) -> Q:
+    return reduce(lambda a, b: a & b, parts)
+
+
+def _json_positive(column: str, keys: tuple[str, ...], op: str, value) -> Q:
+    kind, text = JsonKind(column, keys), JsonText(column, keys)
+    is_string = Q(Exact(kind, "string"))
+    is_numeric = Q(Exact(kind, "number")) | (is_string & Q(Regex(text, lang.NUMERIC_STRING)))
+    number = Case(When(is_numeric, then=Cast(text, FloatField())), default=Value(None), output_field=FloatField())
+
+    def equal(expected) -> Q:
+        if isinstance(expected, bool):
+            return Q(Exact(kind, "true" if expected else "false"))
+        if lang.is_number(expected):
+            return is_numeric & Q(Exact(number, _number(expected)))
+        q = is_string & Q(IExact(text, expected))
+        if lang.numeric_string(expected):
+            q |= is_numeric & Q(Exact(number, _number(float(expected))))
+        return q
+
+    if op == "exists":
+        return (Q(In(kind, ["string", "number", "true", "false", "array", "object"]))
+                & ~(is_string & Q(Exact(text, ""))))
+    if op == "eq":
+        return equal(value)
+    if op == "in":
+        return _any(equal(v) for v in value)
+    if op == "contains":
+        return is_string & Q(IContains(text, value))
+    if op == "starts_with":
+        return is_string & Q(IStartsWith(text, value))
+    if op == "between":
+        return is_numeric & Q(GreaterThanOrEqual(number, _number(value[0]))) & Q(LessThanOrEqual(number, _number(value[1])))
+    if op in _COMPARE:
+        return is_numeric & Q(_COMPARE[op](number, _number(value)))
+    raise AssertionError(op)
+
+
+# --- profile and company columns ---------------------------------------------------------------
+
+def _text_positive(column: str, op: str, value) -> Q:
+    if op == "exists":
+        return ~Q(**{column: ""})
+    if op == "eq":
+        return Q(**{f"{column}__iexact": value})
+    if op == "in":
+        return _any(Q(**{f"{column}__iexact": v}) for v in value)
+    if op == "contains":
+        return Q(**{f"{column}__icontains": value})
+    if op == "starts_with":
+        return Q(**{f"{column}__istartswith": value})
+    raise AssertionError(op)
+
+
+def _number_positive(column: str, op: str, value, nullable: bool) -> Q:
+    present = Q(**{f"{column}__isnull": False}) if nullable else TRUE
+    if op == "exists":
+        return present
+    col = F(column)
+    if op == "eq":
+        return present & Q(Exact(col, _number(value)))
+    if op == "in":
+        return present & _any(Q(Exact(col, _number(v))) for v in value)
+    if op == "between":
+        return present & Q(GreaterThanOrEqual(col, _number(value[0]))) & Q(LessThanOrEqual(col, _number(value[1])))
+    return present & Q(_COMPARE[op](col, _number(value)))
+
+
+def _bounds_q(column: str, bounds: lang.Bounds) -> Q:
+    q = Q()
+    if bounds.lo is not None:
+        q &= Q(**{f"{column}__{'gte' if bounds.lo_inclusive else 'gt'}": bounds.lo})
+    if bounds.hi is not None:
+        q &= Q(**{f"{column}__{'lte' if bounds.hi_inclusive else 'lt'}": bounds.hi})
+    return q
+
+
+def _date_positive(column: str, op: str, value, nullable: bool, now: dt.datetime) -> Q:
+    present = Q(**{f"{column}__isnull": False}) if nullable else TRUE
+    if op == "exists":
+        return present
+    return present & _bounds_q(column, lang.date_bounds(op, value, now))
+
+
+def _owner_positive(op: str, value) -> Q:
+    if op == "exists":
+        return Q(owner_id__isnull=False)
+
+    def equal(expected) -> Q:
+        if isinstance(expected, int):
+            return Q(owner_id__isnull=False) & Q(owner_id=expected)
+        if expected.lower() == "none":
+            return Q(owner_id__isnull=True)
+        if expected.isdigit():
+            return Q(owner_id__isnull=False) & Q(owner_id=int(expected))
+        users = get_user_model().objects.filter(username=expected).values("pk")
+        return Q(owner_id__isnull=False) & Q(owner_id__in=users)
+
+    if op == "eq":
+        return equal(value)
+    return _any(equal(v) for v in value)
+
+
+def field_positive(spec: lang.FieldSpec, op: str, value, now: dt.datetime) -> Q:
+    """The positive form of `op` on the field, as a Q over the model the field lives on."""
+    if spec.kind == "json":
+        return _json_positive(spec.column, spec.keys, op, value)
+    if spec.kind == "text":
+        return _text_positive(spec.column, op, value)
+    if spec.kind == "number":
+        return _number_positive(spec.column, op, value, spec.nullable)
+    if spec.kind == "date":
+        return _date_positive(spec.column, op, value, spec.nullable, now)
+    if spec.kind == "owner":
+        return _owner_positive(op, value)
+    raise AssertionError(spec.kind)
+
+
+def _field_q(cond: lang.FieldCondition, now: dt.datetime) -> Q:
+    """The condition as a Q on the model its field lives on (contact, company or event)."""
+    op = lang.NEGATIVE.get(cond.op, cond.op)
+    positive = field_positive(cond.spec, op, cond.value, now)
+    if cond.spec.on == "company":
+        positive = Q(Exists(Company.objects.filter(pk=OuterRef("company_id")).filter(positive)))
+    return ~positive if cond.op in lang.NEGATIVE else positive
+
+
+# --- behaviour -------------------------------------------------------------------------------------
+
+def _url_q(pattern: str) -> Q:
+    regex = lang.glob_regex(pattern)
+    return _any(Q(Exact(JsonKind(column, keys), "string")) & Q(Regex(JsonText(column, keys), regex))
+                for column, keys in lang.PAGE_URL_SOURCES)
+
+
+def _events(spec: lang.EventSpec, *, workspace_id: int, now: dt.datetime, bounds: lang.Bounds | None = None):
+    qs = Event.objects.filter(workspace_id=workspace_id, contact_id=OuterRef("pk"))
+    if spec.name is not None:
+        qs = qs.filter(event=spec.name)
+    if spec.type is not None:
+        qs = qs.filter(type=spec.type)
+    for cond in spec.where:
+        qs = qs.filter(_field_q(cond, now))
+    if spec.url_glob is not None:
+        qs = qs.filter(_url_q(spec.url_glob))
+    if bounds is not None:
+        qs = qs.filter(_bounds_q("timestamp", bounds))
+    return qs
+
+
+def _count_q(events, count: lang.Count | None) -> Q:
+    op, n = (count.op, count.value) if count is not None else ("gte", 1)
+    if op == "gte" and n == 0:
+        return TRUE
+    if op == "gte" and n == 1:
+        return Q(Exists(events))
+    if op in ("eq", "lte") and n == 0:
+        return ~Q(Exists(events))
+    counted = events.order_by().values("contact_id").annotate(n=Count("pk")).values("n")
+    total = Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+    lookup = {"gte": GreaterThanOrEqual, "lte": LessThanOrEqual, "eq": Exact}[op]
+    return Q(lookup(total, Value(n)))
+
+
+def _first_last_q(cond, *, workspace_id: int, now: dt.datetime) -> Q:
+    """first/last performed through EXISTS only: e.g. "first time before T" is "some event before T"
+    and "first time at or after T" is "some event, and none before T"."""
+    events = _events(cond.events(), workspace_id=workspace_id, now=now)
+    b = cond.bounds(now)
+    parts = []
+    if isinstance(cond, lang.FirstPerformed):
+        if b.hi is not None:
+            parts.append(Q(Exists(events.filter(timestamp__lte=b.hi) if b.hi_inclusive
+                                  else events.filter(timestamp__lt=b.hi))))
+        if b.lo is not None:
+            earlier = events.filter(timestamp__lt=b.lo) if b.lo_inclusive else events.filter(timestamp__lte=b.lo)
+            parts.append(Q(Exists(events)) & ~Q(Exists(earlier)))
+    else:
+        if b.lo is not None:
+            parts.append(Q(Exists(events.filter(timestamp__gte=b.lo) if b.lo_inclusive
+                                  else events.filter(timestamp__gt=b.lo))))
+        if b.hi is not None:
+            later = events.filter(timestamp__gt=b.hi) if b.hi_inclusive else events.filter(timestamp__gte=b.hi)
+            parts.append(Q(Exists(events)) & ~Q(Exists(later)))
+    return _all(parts)
+
+
+# --- the whole filter ------------------------------------------------------------------------------
+
+def _compile(cond, *, workspace_id: int, now: dt.datetime) -> Q:
+    if isinstance(cond, lang.AllGroup):
+        return _all(_compile(c, workspace_id=workspace_id, now=now) for c in cond.all)
+    if isinstance(cond, lang.AnyGroup):
+        return _any(_compile(c, workspace_id=workspace_id, now=now) for c in cond.any)
+    if isinstance(cond, lang.NotGroup):
+        return ~_compile(cond.not_, workspace_id=workspace_id, now=now)
+    if isinstance(cond, lang.FieldCondition):
+        return _field_q(cond, now)
+    if isinstance(cond, (lang.FirstPerformed, lang.LastPerformed)):
+        return _first_last_q(cond, workspace_id=workspace_id, now=now)
+    if isinstance(cond, lang.NotPerformed):
+        events = _events(cond.events(), workspace_id=workspace_id, now=now, bounds=cond.window(now))
+        return ~Q(Exists(events))
+    if isinstance(cond, lang.BEHAVIOUR_KINDS):
+        events = _events(cond.events(), workspace_id=workspace_id, now=now, bounds=cond.window(now))
+        return _count_q(events, cond.count)
+    if isinstance(cond, lang.ConsentCondition):
+        records = ConsentRecord.objects.filter(workspace_id=workspace_id, contact_id=OuterRef("pk"),
+                                               topic=cond.consent)
+        if cond.status == "none":
+            return ~Q(Exists(records))
+        latest = Subquery(records.order_by("-at", "-id").values("status")[:1])
+        return Q(Exists(records)) & Q(Exact(latest, cond.status))
+    if isinstance(cond, (lang.InSegment, lang.NotInSegment)):
+        slug = cond.in_segment if isinstance(cond, lang.InSegment) else cond.not_in_segment
+        members = SegmentMember.objects.filter(workspace_id=workspace_id, segment__workspace_id=workspace_id,
+                                               segment__slug=slug, contact_id=OuterRef("pk"))
+        return Q(Exists(members)) if isinstance(cond, lang.InSegment) else ~Q(Exists(members))
+    raise AssertionError(f"no compiler for {type(cond).__name__}")
+
+
+def filter_q(flt: lang.Filter | object, *, workspace_id: int, now: dt.datetime):
+    """A Q for ``Contact.objects.filter(workspace_id=workspace_id)`` matching the filter at `now`."""
+    if not isinstance(flt, lang.Filter):
+        flt = lang.filter_parse(flt)
+    return _compile(flt.root, workspace_id=workspace_id, now=now)
