@@ -127,6 +127,9 @@ def contact_traits_update(*, contact: Contact, traits: dict, actor: str) -> Cont
     from leadflow.scoring.services import contact_rescore
 
     contact_rescore(contact=contact)  # fit rules read traits
+    from leadflow.segments.services import contact_segments_reevaluate
+
+    contact_segments_reevaluate(contact=contact)  # so do segments
     audit_record(workspace=contact.workspace, actor=actor, action="contact.update",
                  target=f"contact:{contact.pk}", data={"traits": sorted(traits)})
     return contact

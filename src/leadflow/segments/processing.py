@@ -1,10 +1,10 @@
 """The segments stage of the pipeline: last in every batch, after lifecycle.
 
 Only the contacts the batch touched are re-evaluated, and only for the dynamic segments the batch
-can have changed: a segment whose filter reads nothing but named events (`filter_event_names`
-gives their names) is skipped when none of those events is in the batch; every other segment
-(profile fields, scores, stage, pages…) is re-evaluated for the touched contacts, one query per
-segment per workspace in the batch. Segments that reference other segments come after them, and
+can have changed: a segment whose filter reads nothing but named events, positively
+(`skippable`), is skipped when none of those events is in the batch and none of its contacts
+merged; every other segment (profile fields, scores, stage, pages…) is re-evaluated for the
+touched contacts, one query per segment per workspace in the batch. Segments that reference other segments come after them, and
 a segment whose membership changed carries the change on to the segments referencing it.
 
 Running last matters: identity, profile, scoring and lifecycle have written the contacts the
