@@ -1,0 +1,295 @@
+"""Benchmark: evaluating a five-condition behavioural segment over 1,000,000 contacts and 20,000,000 events.
+
+On PostgreSQL: creates the database `leadflow_bench_segments` on postgresql://postgres@127.0.0.1:5432/,
+migrates it with `leadflow migrate`, generates one workspace with companies (industry, employees),
+contacts (engagement score, lifecycle stage) and an event log spread over 90 days (page views,
+some of /pricing; "Asset Downloaded" with magnet slugs incl. pricing-guide; forms, emails, product
+events), every event with contact_id and processed_at set as the worker leaves them, all with
+INSERT … SELECT generate_series in chunks, then ANALYZE. Then times, in this process, the segment
+"SaaS companies with 50-500 employees, engagement over 40, downloaded the pricing guide in the last
+30 days, visited the pricing page at least 3 times, not customers":
+
+1. full evaluation: `Contact.objects.filter(workspace).filter(filter_q(...))` `.count()` and the id
+   list (what the membership full evaluation reads); EXPLAIN ANALYZE printed if over target;
+2. `segment_preview` (count and a sample of 20);
+4. `segment_create` of the dynamic segment (first full evaluation with membership writes);
+3. incremental: 1,000 new events for ~1,000 random contacts, then the pipeline's segments stage
+   `leadflow.segments.processing.process_events(events)` in a transaction (several rounds).
+
+Prints the figures and peak RSS, then drops the database.
+Usage: python bench/segments.py [--contacts N] [--events M] [--rounds R] [--explain] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SERVER = "postgresql://postgres@127.0.0.1:5432"
+DB = "leadflow_bench_segments"
+CHUNK = 1_000_000
+
+DEFINITION = {"version": 1, "all": [
+    {"field": "company.traits.industry", "op": "eq", "value": "SaaS"},
+    {"field": "company.traits.employees", "op": "between", "value": [50, 500]},
+    {"field": "engagement_score", "op": "gt", "value": 40},
+    {"magnet_downloaded": "pricing-guide", "within_days": 30},
+    {"visited": "/pricing*", "count": {"op": "gte", "value": 3}},
+    {"not": {"field": "lifecycle_stage", "op": "eq", "value": "customer"}},
+]}
+
+# The event mix, by a bucket 0..99 drawn per row:
+#   0-54 page view (10 of 55 on /pricing), 55-59 Asset Downloaded (1 in 4 the pricing guide),
+#   60-62 Form Submitted, 63-69 Email Clicked, 70-84 Email Delivered, 85-99 product events.
+EVENT_SQL = """
+    INSERT INTO tracking_event (workspace_id, message_id, type, event, anonymous_id, user_id, group_id,
+        previous_id, properties, traits, context, integrations, timestamp, original_timestamp, sent_at,
+        received_at, shard, contact_id, processed_at, error)
+    SELECT %(ws)s, %(prefix)s || n, CASE WHEN b < 55 THEN 'page' ELSE 'track' END,
+           CASE WHEN b < 55 THEN ''
+                WHEN b < 60 THEN 'Asset Downloaded'
+                WHEN b < 63 THEN 'Form Submitted'
+                WHEN b < 70 THEN 'Email Clicked'
+                WHEN b < 85 THEN 'Email Delivered'
+                ELSE (ARRAY['Feature Used','Signed In','Report Exported'])[1 + n %% 3] END,
+           'anon-' || c, 'u' || (c - %(first)s + 1), '', '',
+           CASE WHEN b < 55 THEN jsonb_build_object('path', p, 'url', 'https://www.example.com' || p,
+                                                    'title', 'Page ' || p)
+                WHEN b < 60 THEN jsonb_build_object('magnet_slug',
+                     (ARRAY['pricing-guide','state-of-saas-2026','roi-calculator','onboarding-checklist'])[1 + n %% 4])
+                WHEN b < 63 THEN jsonb_build_object('form_slug', (ARRAY['demo-request','newsletter','contact-us'])[1 + n %% 3])
+                WHEN b < 85 THEN jsonb_build_object('campaign', 'nurture-' || (n %% 12))
+                ELSE jsonb_build_object('feature', 'f' || (n %% 30)) END,
+           '{}'::jsonb,
+           CASE WHEN b < 55 THEN jsonb_build_object('page', jsonb_build_object('path', p,
+                                     'url', 'https://www.example.com' || p), 'ip', '203.0.113.7')
+                ELSE jsonb_build_object('ip', '203.0.113.7') END,
+           '{}'::jsonb, ts, ts, ts, ts, (c %% 16)::smallint, c, ts, ''
+    FROM (SELECT n, b, c, ts,
+                 CASE WHEN b < 10 THEN (ARRAY['/pricing','/pricing','/pricing/enterprise'])[1 + n %% 3]
+                      ELSE (ARRAY['/','/blog/lead-scoring','/blog/segments','/docs/api','/features',
+                                  '/about','/customers','/blog/attribution'])[1 + n %% 8] END AS p
+          FROM (SELECT n, (n * 37 + floor(random() * 100)::int) %% 100 AS b,
+                       -- skewed: a minority of contacts are very active
+                       %(first)s + floor(power(random(), 2.5) * %(contacts)s)::bigint AS c,
+                       %(now)s - random() * interval '90 days' AS ts
+                FROM generate_series(%(lo)s, %(hi)s) AS n) AS g) AS r
+"""
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def admin(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def generate(cursor, workspace_id: int, contacts: int, now: dt.datetime) -> int:
+    companies = max(contacts // 20, 1)
+    cursor.execute("""
+        INSERT INTO contacts_company (workspace_id, name, domain, traits, created_at, updated_at)
+        SELECT %(ws)s, 'Company ' || n, 'company' || n || '.example',
+               jsonb_build_object('employees', (ARRAY[5, 12, 30, 60, 120, 250, 480, 900, 2500, 10000])[1 + (n * 7) %% 10]
+                                               + (n %% 7),
+                                  'industry', (ARRAY['Software','Retail','Manufacturing','SaaS','Education',
+                                                     'SaaS','Finance','Healthcare'])[1 + n %% 8]),
+               %(now)s, %(now)s
+        FROM generate_series(1, %(n)s) AS n""", {"ws": workspace_id, "now": now, "n": companies})
+    cursor.execute("SELECT MIN(id) FROM contacts_company WHERE workspace_id = %s", [workspace_id])
+    first_company = cursor.fetchone()[0]
+    cursor.execute("""
+        INSERT INTO contacts_contact (workspace_id, email, user_id, first_name, last_name, phone, title, country,
+            timezone, traits, trait_times, company_id, first_touch, latest_touch, source_channel, fit_score,
+            fit_grade, engagement_score, lifecycle_stage, created_at, updated_at)
+        SELECT %(ws)s, 'person' || n || '@company' || (n %% %(companies)s + 1) || '.example',
+               'u' || n, 'First' || n, 'Last' || n, '',
+               (ARRAY['Marketing Director','Software Engineer','VP Sales','Product Manager','CEO'])[1 + (n * 7) %% 5],
+               (ARRAY['US','DE','GB','FR','NZ','IN','BR'])[1 + n %% 7], '',
+               jsonb_build_object('plan', (ARRAY['free','pro','enterprise'])[1 + n %% 3]),
+               '{}'::jsonb, %(first_company)s + (n %% %(companies)s), '{}'::jsonb, '{}'::jsonb, 'organic_search',
+               0, '', round((random() * random() * 100)::numeric, 1)::float8,
+               (ARRAY['subscriber','lead','lead','marketing_qualified','sales_qualified','opportunity',
+                      'customer','customer',''])[1 + floor(random() * 9)::int],
+               %(now)s - random() * interval '365 days', %(now)s
+        FROM generate_series(1, %(n)s) AS n""",
+                   {"ws": workspace_id, "now": now, "n": contacts, "companies": companies,
+                    "first_company": first_company})
+    cursor.execute("SELECT MIN(id) FROM contacts_contact WHERE workspace_id = %s", [workspace_id])
+    first_contact = cursor.fetchone()[0]
+    return first_contact
+
+
+def events_insert(cursor, *, workspace_id: int, first_contact: int, contacts: int, lo: int, hi: int,
+                  now: dt.datetime, prefix: str = "bench-") -> None:
+    cursor.execute(EVENT_SQL, {"ws": workspace_id, "first": first_contact, "contacts": contacts,
+                               "now": now, "lo": lo, "hi": hi, "prefix": prefix})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--contacts", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=20_000_000)
+    parser.add_argument("--rounds", type=int, default=5, help="incremental rounds of 1,000 events")
+    parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE even if on target")
+    parser.add_argument("--keep", action="store_true", help="do not drop the database at the end")
+    args = parser.parse_args()
+
+    admin(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    admin(f"CREATE DATABASE {DB}")
+    data_dir = tempfile.mkdtemp(prefix="leadflow-bench-segments-")
+    env = {**os.environ, "LEADFLOW_DATABASE_URL": f"{SERVER}/{DB}", "LEADFLOW_DATA_DIR": data_dir,
+           "DJANGO_SETTINGS_MODULE": "leadflow.settings"}
+    results: list[tuple[str, str]] = []
+    try:
+        subprocess.run([sys.executable, "-m", "leadflow", "migrate", "-v", "0"], env=env, check=True)
+        os.environ.update(env)
+        import django
+
+        django.setup()
+        from django.db import connection, transaction
+
+        from leadflow.contacts.models import Contact
+        from leadflow.core import clock
+        from leadflow.core.services import workspace_create
+        from leadflow.segments import processing
+        from leadflow.segments.compiler import filter_q
+        from leadflow.segments.language import filter_parse
+        from leadflow.segments.models import SegmentMember
+        from leadflow.segments.preview import segment_preview
+        from leadflow.segments.services import segment_create
+        from leadflow.tracking.models import Event
+
+        now = clock.now()
+        workspace = workspace_create(name="Bench", slug="bench")
+        started = time.perf_counter()
+        with transaction.atomic(), connection.cursor() as cursor:
+            first_contact = generate(cursor, workspace.pk, args.contacts, now)
+        print(f"generated {args.contacts:,} contacts in {time.perf_counter() - started:.1f} s", flush=True)
+        ev_started = time.perf_counter()
+        for lo in range(1, args.events + 1, CHUNK):
+            hi = min(lo + CHUNK - 1, args.events)
+            with transaction.atomic(), connection.cursor() as cursor:
+                events_insert(cursor, workspace_id=workspace.pk, first_contact=first_contact,
+                              contacts=args.contacts, lo=lo, hi=hi, now=now)
+            elapsed = time.perf_counter() - ev_started
+            print(f"  events {hi:,}/{args.events:,} ({elapsed:.0f} s, {hi / elapsed:,.0f} rows/s)", flush=True)
+        with connection.cursor() as cursor:
+            for table in ("contacts_company", "contacts_contact", "tracking_event"):
+                cursor.execute(f"VACUUM ANALYZE {table}")
+            cursor.execute("SELECT pg_size_pretty(pg_total_relation_size('tracking_event'))")
+            size = cursor.fetchone()[0]
+        gen_seconds = time.perf_counter() - started
+        print(f"generated {args.contacts:,} contacts and {args.events:,} events (tracking_event {size}) in "
+              f"{gen_seconds:.0f} s; peak RSS {rss_mb():.0f} MB", flush=True)
+        results.append((f"generate {args.contacts:,} contacts + {args.events:,} events, VACUUM ANALYZE",
+                        f"{gen_seconds:.0f} s"))
+
+        # (1) full evaluation: count, and the id list.
+        flt = filter_parse(DEFINITION, workspace_id=workspace.pk)
+        now = clock.now()
+        matching = Contact.objects.filter(workspace_id=workspace.pk).filter(
+            filter_q(flt, workspace_id=workspace.pk, now=now))
+        started = time.perf_counter()
+        count = matching.count()
+        count_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        ids = list(matching.values_list("pk", flat=True).distinct())
+        ids_seconds = time.perf_counter() - started
+        print(f"(1) full evaluation: count {count:,} in {count_seconds:.2f} s; id list ({len(ids):,}) in "
+              f"{ids_seconds:.2f} s; peak RSS {rss_mb():.0f} MB", flush=True)
+        results.append(("(1) full evaluation, `.count()`", f"{count_seconds:.2f} s ({count:,} match)"))
+        results.append(("(1) full evaluation, id list", f"{ids_seconds:.2f} s"))
+        if args.explain or max(count_seconds, ids_seconds) > 10:
+            plan = matching.values("pk").explain(analyze=True, buffers=True)
+            print("EXPLAIN ANALYZE of (1), first lines:")
+            for line in plan.splitlines()[:40]:
+                print("   ", line)
+
+        # (2) preview.
+        started = time.perf_counter()
+        preview = segment_preview(workspace=workspace, definition=DEFINITION, limit=20)
+        preview_seconds = time.perf_counter() - started
+        print(f"(2) preview: count {preview['count']:,} + {len(preview['sample'])} sample rows in "
+              f"{preview_seconds:.2f} s (sql_ms {preview['sql_ms']:.0f})", flush=True)
+        results.append(("(2) `segment_preview` (count + 20 sample rows)", f"{preview_seconds:.2f} s"))
+
+        # (4) the dynamic segment saved: first full evaluation with membership writes.
+        started = time.perf_counter()
+        segment = segment_create(workspace=workspace, name="Hot SaaS prospects", kind="dynamic",
+                                 definition=DEFINITION, actor="bench")
+        create_seconds = time.perf_counter() - started
+        members = SegmentMember.objects.filter(segment=segment).count()
+        print(f"(4) segment_create (first full evaluation + {members:,} member rows, changes, events): "
+              f"{create_seconds:.2f} s; peak RSS {rss_mb():.0f} MB", flush=True)
+        results.append(("(4) `segment_create`: first full evaluation with membership writes",
+                        f"{create_seconds:.2f} s ({members:,} members)"))
+
+        # (3) incremental: 1,000 new events for ~1,000 random existing contacts, then the segments stage.
+        timings = []
+        for r in range(args.rounds):
+            with connection.cursor() as cursor:
+                cursor.execute("""
+                    WITH picked AS (SELECT %(first)s + floor(random() * %(contacts)s)::bigint AS c,
+                                           row_number() OVER () AS k
+                                    FROM generate_series(1, 1000))
+                    INSERT INTO tracking_event (workspace_id, message_id, type, event, anonymous_id, user_id,
+                        group_id, previous_id, properties, traits, context, integrations, timestamp,
+                        original_timestamp, sent_at, received_at, shard, contact_id, processed_at, error)
+                    SELECT %(ws)s, 'incr-' || %(round)s || '-' || k,
+                           CASE WHEN k %% 10 < 6 THEN 'page' ELSE 'track' END,
+                           CASE WHEN k %% 10 < 6 THEN ''
+                                WHEN k %% 10 = 6 THEN 'Asset Downloaded'
+                                WHEN k %% 10 = 7 THEN 'Email Clicked' ELSE 'Feature Used' END,
+                           'anon-' || c, '', '', '',
+                           CASE WHEN k %% 10 < 6 THEN jsonb_build_object('path', '/pricing')
+                                WHEN k %% 10 = 6 THEN jsonb_build_object('magnet_slug', 'pricing-guide')
+                                ELSE '{}'::jsonb END,
+                           '{}'::jsonb,
+                           CASE WHEN k %% 10 < 6 THEN jsonb_build_object('page', jsonb_build_object(
+                                'path', '/pricing', 'url', 'https://www.example.com/pricing')) ELSE '{}'::jsonb END,
+                           '{}'::jsonb, %(now)s, %(now)s, %(now)s, %(now)s, (c %% 16)::smallint, c, %(now)s, ''
+                    FROM picked RETURNING id""",
+                               {"first": first_contact, "contacts": args.contacts, "ws": workspace.pk,
+                                "round": r, "now": clock.now()})
+                new_ids = [row[0] for row in cursor.fetchall()]
+            events = list(Event.objects.filter(pk__in=new_ids).order_by("pk"))
+            before = SegmentMember.objects.filter(segment=segment).count()
+            started = time.perf_counter()
+            with transaction.atomic():
+                processing.process_events(events)
+            seconds = time.perf_counter() - started
+            after = SegmentMember.objects.filter(segment=segment).count()
+            timings.append(seconds)
+            print(f"(3) round {r + 1}: segments stage for 1,000 events "
+                  f"({len({e.contact_id for e in events}):,} contacts): {seconds * 1000:.0f} ms, "
+                  f"members {before:,} -> {after:,}", flush=True)
+        median = statistics.median(timings)
+        results.append((f"(3) incremental: segments stage per 1,000 events (median of {args.rounds}; min–max)",
+                        f"{median * 1000:.0f} ms ({min(timings) * 1000:.0f}–{max(timings) * 1000:.0f} ms)"))
+        results.append(("peak RSS of the process", f"{rss_mb():.0f} MB"))
+
+        print()
+        print(f"| step | {args.contacts:,} contacts / {args.events:,} events |")
+        print("|---|---|")
+        for name, value in results:
+            print(f"| {name} | {value} |")
+        connection.close()
+    finally:
+        if not args.keep:
+            admin(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
