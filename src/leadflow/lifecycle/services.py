@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
@@ -19,14 +19,14 @@ from django.db import transaction
 from django.db.models import Count, F, Q, Window
 from django.db.models.functions import RowNumber
 
-from leadflow.contacts.models import Contact, Identity
+from leadflow.contacts.models import Contact
 from leadflow.contacts.processing import rows_update
 from leadflow.core import clock
 from leadflow.core.models import Membership, Role, Workspace
 from leadflow.core.services import ServiceError, audit_record
 from leadflow.lifecycle import rules
 from leadflow.lifecycle.models import (
-    CUSTOMER, DISQUALIFIED, MQL, OPEN_STATUSES, OPPORTUNITY, RECYCLED, SAL, SQL, Assignment,
+    CUSTOMER, DISQUALIFIED, OPEN_STATUSES, OPPORTUNITY, RECYCLED, SAL, SQL, Assignment,
     AssignmentStatus, BreachAction, LifecycleSettings, Notification, QuietMark, RoutingRule,
     SalesAlert, SalesRep, StageChange,
 )
@@ -164,44 +164,10 @@ def transitions_apply(*, workspace_id: int, transitions: list[Transition], now: 
 
 
 def system_events_append(*, workspace_id: int, now: dt.datetime, items: list[tuple]) -> None:
-    """Append LeadFlow's own events (contact, message id, name, properties) to the log.
+    """Append lifecycle events (contact, message id, name, properties), resolved and processed."""
+    from leadflow.tracking.system_events import system_events_append as append
 
-    They go through `events_append` like any other event, then are marked processed for their
-    contact in the same transaction: identity resolution has nothing to learn from them, and
-    running them through the pipeline would count them as the person's activity (last seen,
-    engagement). Message ids are derived from the row that caused them, so appending again is a
-    no-op. Segments and journeys read them from the log by name.
-    """
-    from leadflow.tracking.ingest import events_append
-    from leadflow.tracking.models import Event
-
-    if not items:
-        return
-    contacts = {contact.pk: contact for contact, *_ in items}
-    anonymous = {}
-    need = [pk for pk, c in contacts.items() if not c.user_id]
-    if need:
-        for contact_id, value in (Identity.objects.filter(workspace_id=workspace_id, contact_id__in=need,
-                                                          kind="anonymous_id")
-                                  .order_by("contact_id", "pk").values_list("contact_id", "value")):
-            anonymous.setdefault(contact_id, value)
-    messages, contact_of = [], {}
-    for contact, message_id, name, properties in items:
-        ident = ({"userId": contact.user_id} if contact.user_id else
-                 {"anonymousId": anonymous.get(contact.pk) or f"leadflow-contact-{contact.pk}"})
-        messages.append({"type": "track", "event": name, "messageId": message_id, **ident,
-                         "timestamp": now.isoformat(), "properties": properties,
-                         "context": {"leadflow": {"system": "lifecycle"}}})
-        contact_of[message_id] = contact.pk
-    result = events_append(workspace=workspace_id, messages=messages)
-    if result.rejected:
-        raise ServiceError(f"lifecycle events rejected: {result.rejected}")
-    appended = list(Event.objects.filter(workspace_id=workspace_id, message_id__in=list(contact_of),
-                                         processed_at__isnull=True).only("id", "message_id"))
-    for event in appended:
-        event.contact_id = contact_of[event.message_id]
-        event.processed_at = now
-    rows_update(Event, appended, ["contact", "processed_at"])
+    append(workspace_id=workspace_id, now=now, items=items, system="lifecycle")
 
 
 def _order(workspace_id: int) -> rules.StageOrder:

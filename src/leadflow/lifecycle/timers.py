@@ -16,7 +16,6 @@ from django.db.models import Exists, OuterRef
 
 from leadflow.contacts.models import Contact
 from leadflow.contacts.processing import rows_update
-from leadflow.core import clock
 from leadflow.core.models import Membership, Role, Workspace
 from leadflow.core.services import audit_record
 from leadflow.lifecycle.models import (

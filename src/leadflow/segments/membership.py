@@ -27,7 +27,7 @@ import orjson
 from django.db import transaction
 from django.db.models import Q
 
-from leadflow.contacts.models import Contact, Identity
+from leadflow.contacts.models import Contact
 from leadflow.core.services import ServiceError
 from leadflow.segments.models import Segment, SegmentChange, SegmentMember
 
@@ -154,40 +154,12 @@ def changes_apply(*, segment: Segment, entered: Iterable[int], exited: Iterable[
 
 
 def segment_events_append(*, workspace_id: int, now: dt.datetime, items: list[tuple]) -> None:
-    """Append `Segment Entered`/`Segment Exited` (contact, message id, name, properties) to the log,
-    resolved to their contact and marked processed, as lifecycle.services.system_events_append
-    does for LeadFlow's own events: they are facts about the person, not the person's activity.
-    Message ids come from the SegmentChange row, so appending again stores nothing twice."""
-    from leadflow.contacts.processing import rows_update
-    from leadflow.tracking.ingest import events_append
-    from leadflow.tracking.models import Event
+    """Append `Segment Entered`/`Segment Exited` (contact, message id, name, properties), resolved
+    and processed: they are facts about the person, not the person's activity. Message ids come
+    from the SegmentChange row, so appending again stores nothing twice."""
+    from leadflow.tracking.system_events import system_events_append
 
-    if not items:
-        return
-    need = sorted({c.pk for c, *_ in items if not c.user_id})
-    anonymous: dict[int, str] = {}
-    if need:
-        for contact_id, value in (Identity.objects.filter(workspace_id=workspace_id, contact_id__in=need,
-                                                          kind="anonymous_id")
-                                  .order_by("contact_id", "pk").values_list("contact_id", "value")):
-            anonymous.setdefault(contact_id, value)
-    messages, contact_of = [], {}
-    for contact, message_id, name, properties in items:
-        ident = ({"userId": contact.user_id} if contact.user_id else
-                 {"anonymousId": anonymous.get(contact.pk) or f"leadflow-contact-{contact.pk}"})
-        messages.append({"type": "track", "event": name, "messageId": message_id, **ident,
-                         "timestamp": now.isoformat(), "properties": properties,
-                         "context": {"leadflow": {"system": "segments"}}})
-        contact_of[message_id] = contact.pk
-    result = events_append(workspace=workspace_id, messages=messages)
-    if result.rejected:
-        raise ServiceError(f"segment events rejected: {result.rejected}")
-    appended = list(Event.objects.filter(workspace_id=workspace_id, message_id__in=list(contact_of),
-                                         processed_at__isnull=True).only("id", "message_id"))
-    for event in appended:
-        event.contact_id = contact_of[event.message_id]
-        event.processed_at = now
-    rows_update(Event, appended, ["contact", "processed_at"])
+    system_events_append(workspace_id=workspace_id, now=now, items=items, system="segments")
 
 
 # --- evaluating -------------------------------------------------------------------------------
