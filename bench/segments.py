@@ -143,10 +143,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="incremental rounds of 1,000 events")
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE even if on target")
     parser.add_argument("--keep", action="store_true", help="do not drop the database at the end")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure on the database a previous --keep run left (skips generation)")
     args = parser.parse_args()
-
-    admin(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-    admin(f"CREATE DATABASE {DB}")
+    if args.reuse:
+        args.keep = True
+    else:
+        admin(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        admin(f"CREATE DATABASE {DB}")
     data_dir = tempfile.mkdtemp(prefix="leadflow-bench-segments-")
     env = {**os.environ, "LEADFLOW_DATABASE_URL": f"{SERVER}/{DB}", "LEADFLOW_DATA_DIR": data_dir,
            "DJANGO_SETTINGS_MODULE": "leadflow.settings"}
@@ -170,14 +174,27 @@ def main() -> int:
         from leadflow.segments.services import segment_create
         from leadflow.tracking.models import Event
 
+        from leadflow.core.models import Workspace
+        from leadflow.segments.models import Segment
+
         now = clock.now()
-        workspace = workspace_create(name="Bench", slug="bench")
+        if args.reuse:
+            workspace = Workspace.objects.get(slug="bench")
+            Segment.objects.filter(workspace=workspace).delete()
+            Event.objects.filter(workspace=workspace, message_id__startswith="incr-").delete()
+            first_contact = Contact.objects.filter(workspace=workspace).order_by("pk").values_list(
+                "pk", flat=True).first()
+            args.contacts = Contact.objects.filter(workspace=workspace).count()
+            print(f"reusing {DB}: {args.contacts:,} contacts", flush=True)
+        else:
+            workspace = workspace_create(name="Bench", slug="bench")
         started = time.perf_counter()
-        with transaction.atomic(), connection.cursor() as cursor:
-            first_contact = generate(cursor, workspace.pk, args.contacts, now)
-        print(f"generated {args.contacts:,} contacts in {time.perf_counter() - started:.1f} s", flush=True)
+        if not args.reuse:
+            with transaction.atomic(), connection.cursor() as cursor:
+                first_contact = generate(cursor, workspace.pk, args.contacts, now)
+            print(f"generated {args.contacts:,} contacts in {time.perf_counter() - started:.1f} s", flush=True)
         ev_started = time.perf_counter()
-        for lo in range(1, args.events + 1, CHUNK):
+        for lo in range(1, 0 if args.reuse else args.events + 1, CHUNK):
             hi = min(lo + CHUNK - 1, args.events)
             with transaction.atomic(), connection.cursor() as cursor:
                 events_insert(cursor, workspace_id=workspace.pk, first_contact=first_contact,
@@ -185,15 +202,19 @@ def main() -> int:
             elapsed = time.perf_counter() - ev_started
             print(f"  events {hi:,}/{args.events:,} ({elapsed:.0f} s, {hi / elapsed:,.0f} rows/s)", flush=True)
         with connection.cursor() as cursor:
-            for table in ("contacts_company", "contacts_contact", "tracking_event"):
-                cursor.execute(f"VACUUM ANALYZE {table}")
-            cursor.execute("SELECT pg_size_pretty(pg_total_relation_size('tracking_event'))")
-            size = cursor.fetchone()[0]
+            if not args.reuse:
+                for table in ("contacts_company", "contacts_contact", "tracking_event"):
+                    cursor.execute(f"VACUUM ANALYZE {table}")
+            cursor.execute("SELECT pg_size_pretty(pg_total_relation_size('tracking_event')), "
+                           "(SELECT reltuples::bigint FROM pg_class WHERE relname = 'tracking_event')")
+            size, rows = cursor.fetchone()
+            args.events = rows if args.reuse else args.events
         gen_seconds = time.perf_counter() - started
         print(f"generated {args.contacts:,} contacts and {args.events:,} events (tracking_event {size}) in "
               f"{gen_seconds:.0f} s; peak RSS {rss_mb():.0f} MB", flush=True)
-        results.append((f"generate {args.contacts:,} contacts + {args.events:,} events, VACUUM ANALYZE",
-                        f"{gen_seconds:.0f} s"))
+        if not args.reuse:
+            results.append((f"generate {args.contacts:,} contacts + {args.events:,} events, VACUUM ANALYZE",
+                            f"{gen_seconds:.0f} s"))
 
         # (1) full evaluation: count, and the id list.
         flt = filter_parse(DEFINITION, workspace_id=workspace.pk)

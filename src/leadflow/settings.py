@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "leadflow.lifecycle",
     "leadflow.predictive",
     "leadflow.segments",
+    "leadflow.messaging",
     "leadflow.web",
 ]
 

@@ -12,6 +12,8 @@ urlpatterns = [
     path("t/lf.js", public_views.tracking_script, name="tracking-script"),
     path("f/<slug:workspace_slug>/<slug:form_slug>/", public_views.hosted_form, name="hosted-form"),
     path("m/<str:token>", public_views.magnet_download, name="magnet-download"),
+    path("", include("leadflow.messaging.urls_public")),
+    path("", include("leadflow.consent.urls_public")),
     path("healthz", lambda request: HttpResponse("ok", content_type="text/plain")),
     path("api/", include("leadflow.api.urls")),
     path("admin/", admin.site.urls),

@@ -59,5 +59,10 @@ api.add_router("/sales", "leadflow.api.sales.router")
 api.add_router("/lifecycle", "leadflow.api.lifecycle.router")
 api.add_router("/scoring", scoring_router)
 api.add_router("/segments", segments_router)
+api.add_router("/email/templates", "leadflow.api.email_templates.router")
+api.add_router("/email/sending", "leadflow.api.email_sending.router")
+api.add_router("/email/consent", "leadflow.api.email_consent.router")
+api.add_router("/email/messages", "leadflow.api.email_messages.router")
+api.add_router("/email/broadcasts", "leadflow.api.email_broadcasts.router")
 
 urlpatterns = [path("", api.urls)]

@@ -49,11 +49,14 @@ def _timers():
     """Periodic passes: (name, interval in seconds, function taking `now`). Each runs in its own
     transaction, on one worker at a time, and must be idempotent and set-based."""
     from leadflow.lifecycle.timers import lifecycle_timers_run
+    from leadflow.messaging.bounces import mailbox_poll_run
+    from leadflow.messaging.broadcasts import broadcasts_tick
     from leadflow.scoring.decay import decay_run
     from leadflow.segments.timers import segments_timers_run
 
     return [("scoring.decay", 3600, decay_run), ("lifecycle.timers", 60, lifecycle_timers_run),
-            ("segments.timers", 300, segments_timers_run)]
+            ("segments.timers", 300, segments_timers_run), ("messaging.broadcasts", 15, broadcasts_tick),
+            ("messaging.mailbox", 60, mailbox_poll_run)]
 
 
 def timers_run(*, force: bool = False) -> list[str]:
@@ -206,6 +209,13 @@ def process_pending(*, max_batches: int | None = None, isolate_failures: bool = 
             return total
 
 
+def email_dispatch() -> int:
+    """Send the email that is due (outside any transaction: SMTP must not hold row locks)."""
+    from leadflow.messaging.dispatch import dispatch_run
+
+    return dispatch_run()
+
+
 def worker_loop(*, idle_sleep: float = 0.2, stop: threading.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM (or `stop` is set), finishing the batch in hand first."""
     stop = stop or threading.Event()
@@ -219,6 +229,7 @@ def worker_loop(*, idle_sleep: float = 0.2, stop: threading.Event | None = None)
         while not stop.is_set():
             try:
                 done = process_pending(max_batches=50)
+                done += email_dispatch()
                 if time.monotonic() - timers_checked >= TIMER_CHECK_SECONDS:
                     timers_run()  # each pass has its own interval; this only bounds how often we look
                     timers_checked = time.monotonic()

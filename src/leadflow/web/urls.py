@@ -29,4 +29,5 @@ urlpatterns = [
     path("scoring/", include("leadflow.web.urls_scoring")),
     path("sales/", include("leadflow.web.urls_sales")),
     path("segments/", include("leadflow.web.urls_segments")),
+    path("email/", include("leadflow.web.urls_email")),
 ]

@@ -1,0 +1,5 @@
+"""Management API: email broadcasts."""
+
+from ninja import Router
+
+router = Router(tags=["email broadcasts"])

@@ -1,0 +1,5 @@
+"""Management API: email consent."""
+
+from ninja import Router
+
+router = Router(tags=["email consent"])

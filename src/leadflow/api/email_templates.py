@@ -1,0 +1,5 @@
+"""Management API: email templates."""
+
+from ninja import Router
+
+router = Router(tags=["email templates"])

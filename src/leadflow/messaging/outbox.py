@@ -1,0 +1,98 @@
+"""Putting messages in the outbox: the one way anything in LeadFlow asks for an email to be sent.
+
+The caller's transaction writes the Message row (and its `queued` event); the dispatcher
+(`leadflow.messaging.dispatch`) sends it later. A `dedupe_key` (e.g. `journey:ENROLLMENT:NODE`,
+`broadcast:ID:CONTACT`) makes queueing idempotent: queueing the same key again returns the row
+already there and sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.db import IntegrityError, transaction
+
+from leadflow.contacts.models import Contact
+from leadflow.core import clock
+from leadflow.core.services import ServiceError
+from leadflow.messaging.models import Message, MessageEvent, MessageEventKind, MessageKind, Template, TemplateVersion
+
+BATCH = 1000
+
+
+def _campaign(template: Template | None, campaign: str) -> str:
+    return campaign or (template.slug if template is not None else "")
+
+
+def message_queue(*, workspace_id: int, contact: Contact | None, template: Template | None = None,
+                  version: TemplateVersion | None = None, kind: str = MessageKind.MARKETING, topic: str | None = None,
+                  source: str = "", campaign: str = "", context: dict | None = None, dedupe_key: str = "",
+                  not_before: dt.datetime | None = None, server_id: int | None = None,
+                  to_email: str | None = None, broadcast_id: int | None = None,
+                  variant_id: int | None = None) -> Message:
+    """Queue one message. `version` defaults to the template's approved version (a marketing
+    message without one is refused); `to_email` defaults to the contact's address; `topic` to
+    the template's. Returns the new row, or the existing one for the same `dedupe_key`."""
+    now = clock.now()
+    if template is not None and version is None:
+        version = template.approved_version
+    if kind != MessageKind.TEST and template is not None and (version is None or version.status != "approved"):
+        raise ServiceError(f"template {template.slug!r} has no approved version to send")
+    address = (to_email if to_email is not None else (contact.email if contact is not None else "")).strip()
+    if not address:
+        raise ServiceError("the message has no recipient address")
+    if kind not in MessageKind.values:
+        raise ServiceError(f"unknown message kind {kind!r}")
+    fields = dict(workspace_id=workspace_id, contact=contact, to_email=address, kind=kind,
+                  topic=topic if topic is not None else (template.topic if template is not None else ""),
+                  template=template, version=version, source=source, campaign=_campaign(template, campaign),
+                  context=context or {}, dedupe_key=dedupe_key, not_before=not_before or now,
+                  server_id=server_id, broadcast_id=broadcast_id, variant_id=variant_id, queued_at=now)
+    if dedupe_key:
+        existing = Message.objects.filter(workspace_id=workspace_id, dedupe_key=dedupe_key).first()
+        if existing is not None:
+            return existing
+        try:
+            with transaction.atomic():
+                message = Message.objects.create(**fields)
+        except IntegrityError:
+            return Message.objects.get(workspace_id=workspace_id, dedupe_key=dedupe_key)
+    else:
+        message = Message.objects.create(**fields)
+    MessageEvent.objects.create(workspace_id=workspace_id, message=message, contact=contact,
+                                kind=MessageEventKind.QUEUED, at=now)
+    return message
+
+
+def messages_queue_bulk(*, workspace_id: int, contacts: list[Contact], template: Template,
+                        version: TemplateVersion, topic: str | None = None, source: str, campaign: str = "",
+                        dedupe_prefix: str, not_before: dt.datetime | None = None, server_id: int | None = None,
+                        broadcast_id: int | None = None, variant_id: int | None = None,
+                        context: dict | None = None) -> int:
+    """Queue one marketing message per contact (with an address) in a few statements; the dedupe
+    key is `dedupe_prefix` + contact id, so running it again for the same people queues nothing
+    new. Returns how many rows were new."""
+    now = clock.now()
+    if version.status != "approved":
+        raise ServiceError(f"version {version.number} of {template.slug!r} is not approved")
+    rows = [Message(workspace_id=workspace_id, contact=c, to_email=c.email.strip(), kind=MessageKind.MARKETING,
+                    topic=topic if topic is not None else template.topic, template=template, version=version,
+                    source=source, campaign=_campaign(template, campaign), context=context or {},
+                    dedupe_key=f"{dedupe_prefix}{c.pk}", not_before=not_before or now, server_id=server_id,
+                    broadcast_id=broadcast_id, variant_id=variant_id, queued_at=now)
+            for c in contacts if c.email.strip()]
+    created = 0
+    for start in range(0, len(rows), BATCH):
+        chunk = rows[start:start + BATCH]
+        keys = [m.dedupe_key for m in chunk]
+        have = set(Message.objects.filter(workspace_id=workspace_id, dedupe_key__in=keys)
+                   .values_list("dedupe_key", flat=True))
+        new = [m for m in chunk if m.dedupe_key not in have]
+        Message.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
+        stored = list(Message.objects.filter(workspace_id=workspace_id, dedupe_key__in=[m.dedupe_key for m in new],
+                                             queued_at=now).values_list("pk", "contact_id"))
+        MessageEvent.objects.bulk_create(
+            [MessageEvent(workspace_id=workspace_id, message_id=pk, contact_id=contact_id,
+                          kind=MessageEventKind.QUEUED, at=now) for pk, contact_id in stored], batch_size=BATCH)
+        created += len(stored)
+    return created

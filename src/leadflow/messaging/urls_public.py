@@ -1,0 +1,3 @@
+"""Public email endpoints: open pixel, click redirect, bounce and provider webhooks."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""Email pages: broadcasts."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""Email pages: consent."""
+
+urlpatterns: list = []

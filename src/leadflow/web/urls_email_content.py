@@ -1,0 +1,3 @@
+"""Email pages: content."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""Email pages: sending."""
+
+urlpatterns: list = []
