@@ -1,0 +1,23 @@
+"""The consent links every marketing email carries: one-click unsubscribe (RFC 8058), the
+preference centre, and double opt-in confirmation. Tokens alone identify the person and the
+message (the unsubscribe POST carries no cookie), signed so they cannot be forged."""
+
+from __future__ import annotations
+
+from leadflow.messaging.tokens import public_url, token_make
+
+
+def unsubscribe_url(message) -> str:
+    """`/u/TOKEN` for a sent message: GET shows a confirmation and the preferences, POST with
+    `List-Unsubscribe=One-Click` unsubscribes from the message's topic (or all marketing)."""
+    return public_url(f"u/{token_make('unsubscribe', {'w': message.workspace_id, 'm': message.pk})}")
+
+
+def preferences_url(*, workspace_id: int, contact_id: int) -> str:
+    """`/p/TOKEN`: the person's preference centre (topics, pause, unsubscribe from everything)."""
+    return public_url(f"p/{token_make('preferences', {'w': workspace_id, 'c': contact_id})}")
+
+
+def optin_confirm_url(request) -> str:
+    """`/c/TOKEN` for a pending double opt-in (an OptInRequest)."""
+    return public_url(f"c/{token_make('optin', {'w': request.workspace_id, 'r': request.pk})}")
