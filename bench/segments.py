@@ -241,9 +241,12 @@ def main() -> int:
         started = time.perf_counter()
         preview = segment_preview(workspace=workspace, definition=DEFINITION, limit=20)
         preview_seconds = time.perf_counter() - started
-        print(f"(2) preview: count {preview['count']:,} + {len(preview['sample'])} sample rows in "
+        how = (f"estimated from {preview['sampled']:,} sampled contacts, 95% {preview['count_low']:,}–"
+               f"{preview['count_high']:,}" if preview["estimated"] else "exact")
+        print(f"(2) preview: count {preview['count']:,} ({how}) + {len(preview['sample'])} sample rows in "
               f"{preview_seconds:.2f} s (sql_ms {preview['sql_ms']:.0f})", flush=True)
-        results.append(("(2) `segment_preview` (count + 20 sample rows)", f"{preview_seconds:.2f} s"))
+        results.append(("(2) `segment_preview` (count + 20 sample rows)",
+                        f"{preview_seconds:.2f} s ({preview['count']:,}, {how})"))
 
         # (4) the dynamic segment saved: first full evaluation with membership writes.
         started = time.perf_counter()

@@ -450,6 +450,57 @@ def test_preview_counts_and_samples_an_unsaved_filter(people):
         segment_preview(workspace=people, definition={"in_segment": "gone"})
 
 
+def test_preview_over_its_budget_estimates_from_a_sample(people, monkeypatch):
+    from leadflow.segments import preview as preview_module
+
+    with clock_module.use(clock_module.FrozenClock(NOW)):
+        exact = segment_preview(workspace=people, definition={"field": "email", "op": "exists"})
+        assert exact["estimated"] is False
+        # Over budget (a zero budget estimates at once) with every contact sampled: the estimate is exact.
+        full = segment_preview(workspace=people, definition={"field": "email", "op": "exists"}, budget_seconds=0)
+        assert full["estimated"] is True and full["count"] == exact["count"]
+        assert full["sampled"] == Contact.objects.filter(workspace=people).count()
+        assert full["count_low"] <= full["count"] <= full["count_high"]
+        # A sample of every second id: the count is scaled up from the sampled matches.
+        monkeypatch.setattr(preview_module, "SAMPLE_TARGET", 2)
+        total = Contact.objects.filter(workspace=people).count()
+        step = max(1, total // 2)
+        in_sample = [c for c in Contact.objects.filter(workspace=people) if c.pk % step == 0]
+        hits = sum(1 for c in in_sample if c.email)
+        estimate = segment_preview(workspace=people, definition={"field": "email", "op": "exists"},
+                                   budget_seconds=0)
+        assert estimate["sampled"] == len(in_sample)
+        assert estimate["count"] == round(hits / len(in_sample) * total)
+        assert {row["id"] for row in estimate["sample"]} <= {c.pk for c in in_sample}
+
+
+def test_preview_time_limit_cancels_a_long_query(db):
+    from django.db import connection
+
+    from leadflow.segments.preview import _OverBudget, _time_limit
+
+    slow = ("SELECT pg_sleep(30)" if connection.vendor == "postgresql" else
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000000) "
+            "SELECT COUNT(*) FROM n")
+    with pytest.raises(_OverBudget):
+        with _time_limit(0.05):
+            with connection.cursor() as cursor:
+                cursor.execute(slow)
+    with connection.cursor() as cursor:  # the connection is still usable afterwards
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+        if connection.vendor == "postgresql":
+            cursor.execute("SHOW statement_timeout")
+            before = cursor.fetchone()[0]
+    with _time_limit(5):  # a query that finishes leaves no timeout behind
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW statement_timeout")
+            assert cursor.fetchone()[0] == before
+
+
 def test_user_input_never_becomes_sql(people):
     hostile = "x'); DROP TABLE contacts_contact; --"
     for condition in ({"field": "title", "op": "eq", "value": hostile},

@@ -64,6 +64,9 @@ def parse_database_url(url: str) -> dict:
         }
     if scheme in {"postgres", "postgresql", "postgresql+psycopg", "pgsql"}:
         options = dict(parse_qsl(parts.query))
+        # JIT compilation costs 100-200 ms per query and LeadFlow's queries are short, index-driven
+        # ones whose cost estimates (per-contact subplans) look large: it only ever slowed them.
+        options.setdefault("options", "-c jit=off")
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": unquote(parts.path.lstrip("/")) or "leadflow",

@@ -45,6 +45,10 @@ class PreviewContactOut(Schema):
 
 class PreviewOut(Schema):
     count: int
+    estimated: bool = False
+    count_low: int | None = None
+    count_high: int | None = None
+    sampled: int | None = None
     sample: list[Any]
     sql_ms: float | None = None
 

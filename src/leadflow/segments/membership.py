@@ -168,8 +168,11 @@ def _diff(segment: Segment, condition: Q, scope: Q | None, ids: list[int] | None
     contacts = Contact.objects.filter(workspace_id=segment.workspace_id)
     members = SegmentMember.objects.filter(segment=segment)
     if ids is not None:
+        from leadflow.segments.compiler import per_row
+
         contacts = contacts.filter(pk__in=ids)
         members = members.filter(contact_id__in=ids)
+        condition = per_row(condition)
     elif scope is not None:
         contacts = contacts.filter(scope)
         members = members.filter(contact__in=Contact.objects.filter(workspace_id=segment.workspace_id)

@@ -1,10 +1,22 @@
-"""Preview an unsaved filter: how many contacts match now, and a few of them."""
+"""Preview an unsaved filter: how many contacts match now, and a few of them.
+
+A preview answers while the marketer types, so it has a time budget. The exact count comes from
+one query (the total rides along with the sample as a window count). When that query has not
+finished within the budget (a heavy behavioural filter on millions of contacts), it is cancelled
+(`statement_timeout` on PostgreSQL, a progress handler on SQLite) and the count is estimated from
+a systematic sample of contacts (`id % k = 0`), with a 95% interval, and marked as an estimate.
+Saving the segment always evaluates it exactly.
+"""
 
 from __future__ import annotations
 
+import math
 import time
+from contextlib import contextmanager
 
-from django.db.models import Count, Window
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Count, F, Value, Window
+from django.db.models.functions import Mod
 
 from leadflow.contacts.models import Contact
 from leadflow.core import clock
@@ -12,22 +24,96 @@ from leadflow.core.models import Workspace
 from leadflow.segments.compiler import filter_q
 from leadflow.segments.language import filter_parse
 
+# How long the exact count may take before the estimate is used instead.
+EXACT_BUDGET_SECONDS = 1.2
+# The estimate evaluates the filter on about this many contacts.
+SAMPLE_TARGET = 50_000
+
+
+class _OverBudget(Exception):
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """Cancel the queries run inside after `seconds` (raises _OverBudget); 0: estimate at once."""
+    if seconds <= 0:
+        raise _OverBudget
+    if connection.vendor == "postgresql":
+        try:
+            # A savepoint: a cancelled query rolls back to it (and so does the setting); after a
+            # query that finished, the caller's own timeout is put back.
+            with transaction.atomic():
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT current_setting('statement_timeout')")
+                    previous = cursor.fetchone()[0]
+                    cursor.execute("SELECT set_config('statement_timeout', %s, true)", [f"{max(1, int(seconds * 1000))}ms"])
+                yield
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
+        except DatabaseError as exc:
+            if getattr(getattr(exc, "__cause__", None), "sqlstate", None) == "57014":  # query_canceled
+                raise _OverBudget from exc
+            raise
+        return
+    connection.ensure_connection()
+    deadline = time.perf_counter() + seconds
+    raw = connection.connection
+    raw.set_progress_handler(lambda: 1 if time.perf_counter() > deadline else 0, 10_000)
+    try:
+        yield
+    except DatabaseError as exc:
+        if "interrupted" in str(exc):
+            raise _OverBudget from exc
+        raise
+    finally:
+        raw.set_progress_handler(None, 0)
+
+
+def _rows(queryset, limit: int) -> list[dict]:
+    return list(queryset.annotate(total=Window(Count("pk"))).order_by("-id")
+                .values("id", "email", "first_name", "last_name", "company__name", "total")[:max(limit, 1)])
+
+
+def _sample_shape(rows: list[dict], limit: int) -> list[dict]:
+    return [{"id": r["id"], "email": r["email"],
+             "name": " ".join(p for p in (r["first_name"], r["last_name"]) if p),
+             "company": r["company__name"] or ""} for r in rows[:limit]]
+
+
+def _wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 0.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
 
 def segment_preview(*, workspace: Workspace, definition: object, limit: int = 20,
-                    segment_slug: str | None = None) -> dict:
-    """{"count", "sample": [{id, email, name, company}], "sql_ms"}; FilterError for a bad filter."""
+                    segment_slug: str | None = None, budget_seconds: float | None = None) -> dict:
+    """{"count", "estimated", "sample": [{id, email, name, company}], "sql_ms"} and, for an
+    estimate, "count_low"/"count_high" (95%) and "sampled"; FilterError for a bad filter."""
     flt = filter_parse(definition, workspace_id=workspace.id, segment_slug=segment_slug)
     limit = max(0, min(int(limit), 200))
+    budget = EXACT_BUDGET_SECONDS if budget_seconds is None else budget_seconds
     started = time.perf_counter()
-    matching = Contact.objects.filter(workspace_id=workspace.id).filter(
-        filter_q(flt, workspace_id=workspace.id, now=clock.now()))
-    # One query: the total comes with the sample as a window count, so the filter is evaluated
-    # once rather than once for the count and again for the sample.
-    rows = list(matching.annotate(total=Window(Count("pk"))).order_by("-id")
-                .values("id", "email", "first_name", "last_name", "company__name", "total")[:max(limit, 1)])
-    count = rows[0]["total"] if rows else 0
-    sample = [{"id": r["id"], "email": r["email"],
-               "name": " ".join(p for p in (r["first_name"], r["last_name"]) if p),
-               "company": r["company__name"] or ""} for r in rows[:limit]]
-    sql_ms = (time.perf_counter() - started) * 1000
-    return {"count": count, "sample": sample, "sql_ms": round(sql_ms, 2)}
+    contacts = Contact.objects.filter(workspace_id=workspace.id)
+    matching = contacts.filter(filter_q(flt, workspace_id=workspace.id, now=clock.now()))
+    try:
+        with _time_limit(budget):
+            rows = _rows(matching, limit)
+        result = {"count": rows[0]["total"] if rows else 0, "estimated": False}
+    except _OverBudget:
+        total = contacts.count()
+        step = max(1, total // SAMPLE_TARGET)
+        sampled = contacts.annotate(bucket=Mod(F("id"), Value(step))).filter(bucket=0)
+        rows = _rows(matching.annotate(bucket=Mod(F("id"), Value(step))).filter(bucket=0), limit)
+        hits = rows[0]["total"] if rows else 0
+        n = sampled.count()
+        low, high = _wilson(hits, n)
+        result = {"count": round(hits / n * total) if n else 0, "estimated": True, "sampled": n,
+                  "count_low": math.floor(low * total), "count_high": math.ceil(high * total)}
+    result["sample"] = _sample_shape(rows, limit)
+    result["sql_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    return result

@@ -226,8 +226,11 @@
           return;
         }
         result.appendChild(el("p", {"class": "count", "data-testid": "preview-count",
-          text: data.count + " contact" + (data.count === 1 ? "" : "s") + " match"}));
-        result.appendChild(el("p", {"class": "muted small", text: "counted in " + Math.round(data.sql_ms) + " ms"}));
+          text: (data.estimated ? "about " : "") + data.count + " contact" + (data.count === 1 ? "" : "s") + " match"}));
+        result.appendChild(el("p", {"class": "muted small", text: data.estimated
+          ? "estimated from " + data.sampled + " contacts (95%: " + data.count_low + "–" + data.count_high +
+            ") in " + Math.round(data.sql_ms) + " ms; saving the segment counts exactly"
+          : "counted in " + Math.round(data.sql_ms) + " ms"}));
         var list = el("ul", {"class": "plain"});
         data.sample.forEach(function (c) { list.appendChild(el("li", {text: (c.name || c.email || ("contact " + c.id)) + (c.company ? " · " + c.company : "")})); });
         result.appendChild(list);
