@@ -317,7 +317,8 @@ def _first_last_q(cond, *, workspace_id: int, now: dt.datetime) -> Q:
 def _cost(cond) -> int:
     """A rough evaluation cost, to test cheap conditions first in an `all` group (every leaf is TRUE
     or FALSE, never NULL, so the order cannot change the result): profile columns, then company
-    fields, then anything that reads other tables."""
+    fields, consent and segment membership, then events — an EXISTS over a named event in a
+    window before counts and page patterns, which read all of a person's matching events."""
     if isinstance(cond, lang.FieldCondition):
         return 1 if cond.spec.on == "company" else 0
     if isinstance(cond, (lang.AllGroup, lang.AnyGroup)):
@@ -325,7 +326,16 @@ def _cost(cond) -> int:
         return max((_cost(c) for c in children), default=0)
     if isinstance(cond, lang.NotGroup):
         return _cost(cond.not_)
-    return 2
+    if isinstance(cond, (lang.ConsentCondition, lang.InSegment, lang.NotInSegment)):
+        return 2
+    if isinstance(cond, lang.BEHAVIOUR_KINDS):
+        count = getattr(cond, "count", None)
+        counted = count is not None and not (count.op == "gte" and count.value <= 1)
+        windowed = getattr(cond, "within_days", None) is not None or getattr(cond, "between", None) is not None
+        named = not isinstance(cond, lang.Visited)  # a page pattern reads every page view
+        # an EXISTS over a named event in a window reads a few rows; a count reads them all
+        return 3 + (not windowed) + (not named) + 2 * counted
+    return 4
 
 
 def _compile(cond, *, workspace_id: int, now: dt.datetime) -> Q:
