@@ -25,7 +25,19 @@ def test_postgres_url():
     assert db["ENGINE"] == "django.db.backends.postgresql"
     assert (db["USER"], db["PASSWORD"], db["HOST"], db["PORT"], db["NAME"]) == \
         ("lf@user", "p:ss", "db.internal", "6543", "leadflow")
-    assert db["OPTIONS"] == {"sslmode": "require"}
+    assert db["OPTIONS"] == {"sslmode": "require", "options": "-c jit=off"}
+    own = config.parse_database_url("postgresql://db.internal/leadflow?options=-c%20work_mem%3D64MB")
+    assert own["OPTIONS"] == {"options": "-c work_mem=64MB"}  # the operator's own options win
+
+
+def test_postgres_connections_run_without_jit(db):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL setting")
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW jit")
+        assert cursor.fetchone()[0] == "off"
 
 
 @pytest.mark.parametrize("url,message", [
