@@ -15,7 +15,7 @@ from leadflow.core.pipeline import timers_run
 from leadflow.core.services import ServiceError, user_create
 from leadflow.lifecycle import processing, selectors, services
 from leadflow.lifecycle.models import (
-    Assignment, LifecycleSettings, QuietMark, RoutingRule, SalesAlert, SalesRep, StageChange,
+    Assignment, LifecycleSettings, QuietMark, SalesAlert, StageChange,
 )
 from leadflow.lifecycle.timers import (
     accept_breaches_run, quiet_leads_run, recycled_returns_run, work_breaches_run,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 
 from leadflow.contacts.models import Contact
-from leadflow.lifecycle.models import Assignment, RoutingRule
+from leadflow.lifecycle.models import RoutingRule
 
 from test_lifecycle import contact, pool, run_stage, team  # noqa: F401  (the fixture)
 

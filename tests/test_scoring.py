@@ -6,7 +6,7 @@ import datetime as dt
 from types import SimpleNamespace
 
 import pytest
-from conftest import make_workspace, post_batch
+from conftest import post_batch
 
 from leadflow.contacts.models import Contact, Identity
 from leadflow.core import clock as clock_module

@@ -19,6 +19,8 @@ CSRF_TRUSTED_ORIGINS = [
     o.strip() for o in os.environ.get("LEADFLOW_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
 ]
 PUBLIC_URL = os.environ.get("LEADFLOW_PUBLIC_URL", "").rstrip("/")
+# A mailbox bounces and complaints arrive in: maildir:///PATH, imaps://USER:PASS@HOST/INBOX, pop3s://…
+LEADFLOW_BOUNCE_MAILBOX = os.environ.get("LEADFLOW_BOUNCE_MAILBOX", "")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

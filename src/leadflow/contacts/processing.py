@@ -293,7 +293,10 @@ def _process_workspace(workspace_id: int, events: list, now: dt.datetime) -> Non
     )
     rows_update(Event, events, ["contact", "processed_at"])
     if consents:
-        ConsentRecord.objects.bulk_create(consents, ignore_conflicts=True)
+        # Stored once per event and topic; a grant that needs double opt-in becomes a request.
+        from leadflow.consent.services import form_consents_record
+
+        form_consents_record(records=consents)
 
 
 _JSON_SAFE_TYPES = {"AutoField", "BigAutoField", "BigIntegerField", "BooleanField", "CharField",

@@ -1,7 +1,383 @@
-"""Tracked links and the open pixel. SCAFFOLD: replaced by the tracking work."""
+"""Tracked links and the open pixel: rewriting a rendered message, and recording opens and clicks.
+
+`links_track` rewrites every http(s) link of a message's HTML (`<a href>`, `<area href>` and the
+`href` of Outlook's VML buttons inside `<!--[if mso]>` comments) and the bare URLs of its text
+part to a signed `/e/c/TOKEN` URL, appends UTM parameters to the destination, and adds the open
+pixel `/e/o/TOKEN` before `</body>`. Only the rewritten tags change: the HTML is read with the
+standard library's parser and the rest of the document is kept byte for byte.
+
+`open_record` and `click_record` are what the public endpoints call. They flag *machine* opens
+(privacy proxies such as Apple Mail Privacy Protection, security scanners) and *bot* clicks (HEAD
+requests, clicks seconds after sending, every link of a message clicked at once, known scanner
+user agents): flagged events are kept (`MessageEvent.machine`) but neither score nor count in
+statistics by default (docs/email-tracking.md).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
+import re
+from dataclasses import dataclass
+from html import escape
+from html.parser import HTMLParser
+from urllib.parse import parse_qsl, quote, urlsplit
+
+from leadflow.core import clock
+from leadflow.messaging.models import Message, MessageEvent, MessageEventKind
+from leadflow.messaging.tokens import BadToken, public_url, token_make, token_read
+
+# --- rewriting ----------------------------------------------------------------------------------
+
+UTM_SOURCE = "leadflow"
+UTM_MEDIUM = "email"
+# Paths on LEADFLOW_PUBLIC_URL that are never wrapped: consent links must reach their page
+# directly (a scanner following a wrapped unsubscribe link would count as a click), and links
+# already tracked stay as they are.
+UNTRACKED_PATHS = ("u/", "p/", "c/", "e/c/", "e/o/")
+# Tags whose href is a link a reader clicks. `link` and `base` are not (stylesheets, base URL).
+LINK_TAGS = frozenset({"a", "area"})
+# Bare URLs in the plain-text part. Text is not HTML: a pattern is the right tool here.
+TEXT_URL = re.compile(r"https?://[^\s<>\"'()\[\]{}]+", re.IGNORECASE)
+TRAILING = ".,;:!?"
+NEWLINE = re.compile("\n")
+
+
+def _is_tracked_destination(url: str) -> bool:
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return False
+    return not any(url.startswith(public_url(path)) for path in UNTRACKED_PATHS)
+
+
+def utm_add(url: str, *, campaign: str, content: str) -> str:
+    """`url` with utm_source/medium/campaign/content appended, keeping every UTM parameter the
+    link already has (only missing ones are added) and the rest of the URL exactly as written."""
+    parts = urlsplit(url)
+    have = {key.lower() for key, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    wanted = [("utm_source", UTM_SOURCE), ("utm_medium", UTM_MEDIUM), ("utm_campaign", campaign),
+              ("utm_content", content)]
+    extra = "&".join(f"{key}={quote(value, safe='')}" for key, value in wanted if value and key not in have)
+    if not extra:
+        return url
+    head, hash_mark, fragment = url.partition("#")
+    if parts.query:
+        joiner = "" if head.endswith(("&", "?")) else "&"
+    else:
+        joiner = "" if head.endswith("?") else "?"
+    return f"{head}{joiner}{extra}{hash_mark}{fragment}"
+
+
+def _start_tag(tag: str, attrs: list[tuple[str, str | None]], *, closed: bool) -> str:
+    parts = [f"<{tag}"]
+    for name, value in attrs:
+        parts.append(f" {name}" if value is None else f' {name}="{escape(value, quote=True)}"')
+    parts.append(" />" if closed else ">")
+    return "".join(parts)
+
+
+class _LinkScanner(HTMLParser):
+    """Finds the start tags to rewrite and where `</body>` is, as offsets into the source."""
+
+    def __init__(self, source: str, *, in_comment: bool = False):
+        super().__init__(convert_charrefs=True)
+        self.source = source
+        self.in_comment = in_comment
+        self.line_starts = [0] + [match.end() for match in NEWLINE.finditer(source)]
+        self.links: list[tuple[int, int, str, list, bool, int]] = []  # start, end, tag, attrs, closed, href index
+        self.comments: list[tuple[int, str]] = []  # offset of the comment text, text
+        self.body_end: int | None = None
+        self.has_pixel = False
+
+    def _offset(self) -> int:
+        line, column = self.getpos()
+        return self.line_starts[line - 1] + column
+
+    def _tag(self, tag: str, attrs: list, closed: bool) -> None:
+        if tag == "img":
+            src = dict(attrs).get("src") or ""
+            if src.startswith(public_url("e/o/")):
+                self.has_pixel = True
+            return
+        if tag not in LINK_TAGS and not (self.in_comment and tag.startswith("v:")):
+            return
+        for index, (name, value) in enumerate(attrs):
+            if name == "href" and value and _is_tracked_destination(value.strip()):
+                raw = self.get_starttag_text() or ""
+                start = self._offset()
+                if self.source.startswith(raw, start):
+                    self.links.append((start, start + len(raw), tag, attrs, closed, index))
+                return
+
+    def handle_starttag(self, tag, attrs):
+        self._tag(tag, attrs, False)
+
+    def handle_startendtag(self, tag, attrs):
+        self._tag(tag, attrs, True)
+
+    def handle_endtag(self, tag):
+        if tag == "body":
+            self.body_end = self._offset()
+
+    def handle_comment(self, data):
+        # Outlook's conditional comments hold real markup (VML buttons with their own href).
+        if data.lstrip().lower().startswith("[if"):
+            start = self._offset() + 4  # after "<!--"
+            if self.source.startswith(data, start):
+                self.comments.append((start, data))
+
+
+def _scan(source: str, *, in_comment: bool = False) -> _LinkScanner:
+    scanner = _LinkScanner(source, in_comment=in_comment)
+    scanner.feed(source)
+    scanner.close()
+    return scanner
+
+
+def _html_edits(html: str) -> tuple[list[tuple[int, int, str, list, bool, int]], _LinkScanner]:
+    scanner = _scan(html)
+    links = list(scanner.links)
+    for offset, text in scanner.comments:
+        inner = _scan(text, in_comment=True)
+        links.extend((offset + s, offset + e, tag, attrs, closed, i) for s, e, tag, attrs, closed, i in inner.links)
+    links.sort(key=lambda link: link[0])
+    return links, scanner
+
+
+def _text_links(text: str) -> list[tuple[int, int, str]]:
+    found = []
+    for match in TEXT_URL.finditer(text):
+        url = match.group(0).rstrip(TRAILING)
+        if _is_tracked_destination(url):
+            found.append((match.start(), match.start() + len(url), url))
+    return found
+
+
+def pixel_html(message) -> str:
+    src = public_url("e/o/" + token_make("open", {"m": message.pk}))
+    return (f'<img src="{escape(src, quote=True)}" width="1" height="1" alt="" '
+            f'style="display:block;border:0;width:1px;height:1px" />')
+
 
 def links_track(*, html: str, text: str, message) -> tuple[str, str]:
-    return html, text
+    """The message's HTML and text with tracked links and the open pixel (see the module doc).
+
+    Idempotent: links already pointing at `/e/c/` and an existing pixel are left alone.
+    """
+    campaign = message.campaign or ""
+    content = message.template.slug if message.template_id else ""
+    html = html or ""
+    text = text or ""
+    links, scanner = _html_edits(html)
+    text_links = _text_links(text)
+    destinations = {attrs[i][1].strip() for *_, attrs, _closed, i in links}
+    count = len(destinations) if destinations else len({url for *_, url in text_links})
+    tokens: dict[str, str] = {}
+
+    def tracked(url: str) -> str:
+        if url not in tokens:
+            destination = utm_add(url, campaign=campaign, content=content)
+            tokens[url] = public_url("e/c/" + token_make("click", {"m": message.pk, "u": destination, "n": count}))
+        return tokens[url]
+
+    out, last = [], 0
+    for start, end, tag, attrs, closed, index in links:
+        rewritten = list(attrs)
+        rewritten[index] = ("href", tracked(attrs[index][1].strip()))
+        out.append(html[last:start])
+        out.append(_start_tag(tag, rewritten, closed=closed))
+        last = end
+    tail = html[last:]
+    if html.strip() and not scanner.has_pixel:
+        pixel = pixel_html(message)
+        if scanner.body_end is not None and scanner.body_end >= last:
+            cut = scanner.body_end - last
+            tail = tail[:cut] + pixel + tail[cut:]
+        else:
+            tail = tail + pixel
+    out.append(tail)
+
+    text_out, last = [], 0
+    for start, end, url in text_links:
+        text_out.append(text[last:start])
+        text_out.append(tracked(url))
+        last = end
+    text_out.append(text[last:])
+    return "".join(out), "".join(text_out)
+
+
+# --- machine opens and bot clicks ----------------------------------------------------------------
+
+# Apple Mail Privacy Protection fetches every image through Apple's proxies as soon as mail
+# arrives, with this exact user agent, from Apple's own address block.
+APPLE_MPP_USER_AGENT = "Mozilla/5.0"
+APPLE_NETWORKS = (ipaddress.ip_network("17.0.0.0/8"),)
+# Image proxies that fetch on behalf of a reader who opened the message: a real open, unless it
+# comes within PROXY_PREFETCH_SECONDS of sending (then it is a prefetch on arrival).
+READER_PROXIES = ("googleimageproxy", "yahoomailproxy", "ymailproxy")
+PROXY_PREFETCH_SECONDS = 60
+# Link scanners and other software that fetch URLs without a person (lower-case substrings).
+SCANNER_AGENTS = (
+    "barracuda", "mimecast", "proofpoint", "urldefense", "symantec", "messagelabs", "trendmicro",
+    "trend micro", "forcepoint", "fireeye", "sophos", "zscaler", "ironport", "cisco", "paloalto",
+    "checkpoint", "safelinks", "bingpreview", "microsoft office", "ms-office", "microsoftpreview",
+    "bot", "crawler", "spider", "scanner", "headlesschrome", "phantomjs", "python-requests",
+    "python-urllib", "curl/", "wget/", "go-http-client", "java/", "okhttp", "libwww", "httpclient",
+    "facebookexternalhit", "slackbot", "whatsapp", "skypeuripreview", "preview",
+)
+BOT_CLICK_SECONDS = 15  # a click this soon after sending is a gateway scanning the message
+BURST_SECONDS = 10  # every link of a message clicked within this window is a scanner
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One request for a pixel or a tracked link."""
+
+    user_agent: str = ""
+    ip: str | None = None
+    method: str = "GET"
+
+
+def _in_apple_network(ip: str | None) -> bool:
+    if not ip:
+        return False
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in network for network in APPLE_NETWORKS)
+
+
+def _scanner_agent(agent: str) -> str:
+    lowered = agent.lower()
+    return next((token for token in SCANNER_AGENTS if token in lowered), "")
+
+
+def _since_sent(message: Message, at: dt.datetime) -> float | None:
+    sent = message.sent_at or message.delivered_at
+    return None if sent is None else (at - sent).total_seconds()
+
+
+def open_machine_reason(*, message: Message, visit: Visit, at: dt.datetime) -> str:
+    """Why this pixel fetch is not a person opening the message ("" when it is)."""
+    agent = (visit.user_agent or "").strip()
+    if visit.method == "HEAD":
+        return "head request"
+    if agent == APPLE_MPP_USER_AGENT or (_in_apple_network(visit.ip) and agent.startswith("Mozilla/5.0")):
+        return "apple mail privacy protection"
+    if not agent:
+        return "no user agent"
+    lowered = agent.lower()
+    if any(proxy in lowered for proxy in READER_PROXIES):
+        since = _since_sent(message, at)
+        if since is not None and since < PROXY_PREFETCH_SECONDS:
+            return "image proxy prefetch on arrival"
+        return ""
+    scanner = _scanner_agent(agent)
+    return f"scanner user agent ({scanner})" if scanner else ""
+
+
+def click_machine_reason(*, message: Message, visit: Visit, at: dt.datetime, url: str, links: int,
+                         recent: list[tuple[str, dt.datetime]]) -> str:
+    """Why this click is not a person ("" when it is). `recent` are the message's earlier clicks
+    (url, at) within BURST_SECONDS; `links` how many distinct tracked links the message has."""
+    agent = (visit.user_agent or "").strip()
+    if visit.method == "HEAD":
+        return "head request"
+    since = _since_sent(message, at)
+    if since is not None and since < BOT_CLICK_SECONDS:
+        return f"clicked {max(since, 0):.0f}s after sending"
+    if not agent:
+        return "no user agent"
+    scanner = _scanner_agent(agent)
+    if scanner:
+        return f"scanner user agent ({scanner})"
+    if links >= 2 and len({u for u, _ in recent} | {url}) >= links:
+        return "every link clicked at once"
+    return ""
+
+
+# --- recording ------------------------------------------------------------------------------------
+
+def _message_for(payload: dict) -> Message | None:
+    message_id = payload.get("m")
+    if not isinstance(message_id, int) or isinstance(message_id, bool):
+        raise BadToken("this link is not valid")
+    return Message.objects.select_related("template", "version").filter(pk=message_id).first()
+
+
+def _detail(visit: Visit, reason: str) -> dict:
+    detail = {"user_agent": (visit.user_agent or "")[:300]}
+    if visit.ip:
+        detail["ip"] = visit.ip
+    if reason:
+        detail["machine_reason"] = reason
+    if visit.method != "GET":
+        detail["method"] = visit.method
+    return detail
+
+
+def open_record(*, token: str, visit: Visit, now: dt.datetime | None = None) -> MessageEvent | None:
+    """Record that the pixel of a message was fetched. BadToken for an altered token; None when
+    the message no longer exists."""
+    from leadflow.messaging.events import message_event_record
+
+    payload = token_read("open", token)
+    message = _message_for(payload)
+    if message is None:
+        return None
+    at = now or clock.now()
+    reason = open_machine_reason(message=message, visit=visit, at=at)
+    return message_event_record(message=message, kind=MessageEventKind.OPENED, at=at, machine=bool(reason),
+                                detail=_detail(visit, reason))
+
+
+def click_destination(token: str) -> tuple[dict, str]:
+    """The signed payload and destination of a click token; BadToken unless it is an http(s)
+    URL this site signed (so the redirect can never be used to send people elsewhere)."""
+    payload = token_read("click", token)
+    destination = payload.get("u")
+    if not isinstance(destination, str) or urlsplit(destination).scheme.lower() not in ("http", "https") \
+            or not urlsplit(destination).netloc:
+        raise BadToken("this link is not valid")
+    return payload, destination
+
+
+def click_record(*, token: str, visit: Visit, now: dt.datetime | None = None) -> tuple[str, MessageEvent | None]:
+    """Record a click on a tracked link; returns (destination, event). BadToken for an altered
+    token. When every link of the message is clicked within BURST_SECONDS, the earlier clicks
+    of that burst are flagged too (their first-time column is recomputed)."""
+    from leadflow.messaging.events import message_event_record
+
+    payload, destination = click_destination(token)
+    message = _message_for(payload)
+    if message is None:
+        return destination, None
+    at = now or clock.now()
+    links = payload.get("n") if isinstance(payload.get("n"), int) else 0
+    burst = list(MessageEvent.objects.filter(message=message, kind=MessageEventKind.CLICKED,
+                                             at__gte=at - dt.timedelta(seconds=BURST_SECONDS), at__lte=at)
+                 .values_list("pk", "url", "at", "machine"))
+    reason = click_machine_reason(message=message, visit=visit, at=at, url=destination, links=links,
+                                  recent=[(url, when) for _, url, when, _ in burst])
+    event = message_event_record(message=message, kind=MessageEventKind.CLICKED, at=at, machine=bool(reason),
+                                 url=destination, detail=_detail(visit, reason))
+    if reason == "every link clicked at once":
+        earlier = [pk for pk, _, _, machine in burst if not machine]
+        if earlier:
+            _reflag_clicks(message, earlier, reason)
+    return destination, event
+
+
+def _reflag_clicks(message: Message, event_ids: list[int], reason: str) -> None:
+    """Mark clicks already recorded as a person's as machine after all (a burst found later)."""
+    for row in MessageEvent.objects.filter(pk__in=event_ids):
+        row.machine = True
+        row.detail = {**row.detail, "machine_reason": reason, "reflagged": True}
+        row.save(update_fields=["machine", "detail"])
+    first = (MessageEvent.objects.filter(message=message, kind=MessageEventKind.CLICKED, machine=False)
+             .order_by("at").values_list("at", flat=True).first())
+    first_open = (MessageEvent.objects.filter(message=message, machine=False,
+                                              kind__in=[MessageEventKind.OPENED, MessageEventKind.CLICKED])
+                  .order_by("at").values_list("at", flat=True).first())
+    Message.objects.filter(pk=message.pk).update(clicked_at=first, opened_at=first_open)

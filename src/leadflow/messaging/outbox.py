@@ -15,9 +15,15 @@ from django.db import IntegrityError, transaction
 from leadflow.contacts.models import Contact
 from leadflow.core import clock
 from leadflow.core.services import ServiceError
-from leadflow.messaging.models import Message, MessageEvent, MessageEventKind, MessageKind, Template, TemplateVersion
+from leadflow.messaging.models import (Message, MessageEvent, MessageEventKind, MessageKind, SendingServer, Template,
+                                       TemplateVersion)
 
 BATCH = 1000
+
+
+def _check_server(workspace_id: int, server_id: int | None) -> None:
+    if server_id is not None and not SendingServer.objects.filter(pk=server_id, workspace_id=workspace_id).exists():
+        raise ServiceError(f"there is no sending server {server_id} in this workspace")
 
 
 def _campaign(template: Template | None, campaign: str) -> str:
@@ -43,6 +49,7 @@ def message_queue(*, workspace_id: int, contact: Contact | None, template: Templ
         raise ServiceError("the message has no recipient address")
     if kind not in MessageKind.values:
         raise ServiceError(f"unknown message kind {kind!r}")
+    _check_server(workspace_id, server_id)
     fields = dict(workspace_id=workspace_id, contact=contact, to_email=address, kind=kind,
                   topic=topic if topic is not None else (template.topic if template is not None else ""),
                   template=template, version=version, source=source, campaign=_campaign(template, campaign),
@@ -75,6 +82,7 @@ def messages_queue_bulk(*, workspace_id: int, contacts: list[Contact], template:
     now = clock.now()
     if version.status != "approved":
         raise ServiceError(f"version {version.number} of {template.slug!r} is not approved")
+    _check_server(workspace_id, server_id)
     rows = [Message(workspace_id=workspace_id, contact=c, to_email=c.email.strip(), kind=MessageKind.MARKETING,
                     topic=topic if topic is not None else template.topic, template=template, version=version,
                     source=source, campaign=_campaign(template, campaign), context=context or {},

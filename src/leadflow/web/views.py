@@ -127,10 +127,33 @@ def _touch_rows(touch: dict) -> list[tuple[str, str]]:
     return rows
 
 
+# Email events (messaging.events) show what a reader needs, not every id they carry.
+EMAIL_EVENT_PROPERTIES = ("template", "campaign", "status", "diagnostic", "machine_reason", "topic")
+
+
+def _email_event_row(event: Event, props: dict) -> dict:
+    shown = []
+    if props.get("template"):
+        version = props.get("template_version")
+        shown.append(("template", f"{props['template']}{f' v{version}' if version else ''}"))
+    for key in EMAIL_EVENT_PROPERTIES[1:]:
+        value = props.get(key)
+        if value not in ("", None) and not isinstance(value, (dict, list)):
+            shown.append((key, str(value)[:120]))
+    if props.get("machine"):
+        shown.append(("machine", "yes: not scored, not in statistics"))
+    if props.get("message_id"):
+        shown.append(("message", f"#{props['message_id']}"))
+    return {"event": event, "name": event.event, "properties": shown[:6], "page_url": props.get("url") or ""}
+
+
 def _event_row(event: Event) -> dict:
     context = event.context if isinstance(event.context, dict) else {}
     page = context.get("page") if isinstance(context.get("page"), dict) else {}
     props = event.properties if isinstance(event.properties, dict) else {}
+    leadflow_ctx = context.get("leadflow") if isinstance(context.get("leadflow"), dict) else {}
+    if leadflow_ctx.get("system") == "email":
+        return _email_event_row(event, props)
     shown: list[tuple[str, str]] = []
     if event.type == "identify":
         source = event.traits if isinstance(event.traits, dict) else {}

@@ -1,0 +1,256 @@
+"""Building the email that goes on the wire: MIME structure, headers and the DKIM signature.
+
+One message is multipart/alternative (plain text, then HTML), UTF-8: a part that is plain ASCII
+with short lines goes as 7bit, anything else as quoted-printable or base64, whichever is shorter
+(so the message is 7-bit clean for any relay). Headers: From (the workspace's sender), To,
+Subject, Date, Message-ID on the sending domain, Reply-To, and for marketing mail the RFC 8058
+pair `List-Unsubscribe` (HTTPS one-click URL and a mailto) and `List-Unsubscribe-Post`, plus
+`List-Id` and `Feedback-ID`. The envelope sender is a VERP address, `bounces+TOKEN@bounce-domain`,
+so a bounce names its message. The DKIM signature (dkimpy) covers every one of those headers.
+
+dkimpy computes the RSA signature in pure Python (about 8 ms for a 2048-bit key on this kind of
+machine, more than everything else a send costs together); `DkimSigner` keeps dkimpy's
+canonicalisation, hashing and header formatting and hands only the final RSA step to
+`cryptography` (OpenSSL, about 0.4 ms). Signatures verify with plain `dkim.verify`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import re
+import secrets
+from dataclasses import dataclass
+from email.utils import format_datetime
+
+import dkim
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, utils
+
+from leadflow.messaging.tokens import verp_local
+
+SIGNED_HEADERS = ("from", "to", "subject", "date", "message-id", "reply-to", "mime-version", "content-type",
+                  "list-unsubscribe", "list-unsubscribe-post", "list-id", "feedback-id")
+_LIST_LABEL = re.compile(r"[^a-z0-9-]+")
+_FEEDBACK_FIELD = re.compile(r"[^A-Za-z0-9._-]+")
+_ASCII = bytes(range(128))
+_ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+")
+_MARKETING_ONLY = frozenset({b"list-unsubscribe", b"list-unsubscribe-post", b"list-id"})
+
+
+class MimeError(ValueError):
+    """The message cannot be built (a bad address, a header that cannot be encoded)."""
+
+
+class DkimSigner:
+    """Signs messages for one domain with one key (PEM, PKCS#1 or PKCS#8)."""
+
+    def __init__(self, *, domain: str, selector: str, private_key_pem: str):
+        self.domain = domain.encode("idna")
+        self.selector = selector.encode("ascii")
+        self.pem = private_key_pem.encode()
+        self.key = serialization.load_pem_private_key(self.pem, password=None)
+
+    def sign(self, data: bytes, include_headers: list[bytes]) -> bytes:
+        """The `DKIM-Signature: …\\r\\n` header line for `data` (relaxed/simple, rsa-sha256)."""
+        signer = _FastDKIM(data, key=self.key)
+        return signer.sign(self.selector, self.domain, self.pem, include_headers=include_headers,
+                           canonicalize=(b"relaxed", b"simple"))
+
+
+class _FastDKIM(dkim.DKIM):
+    """dkimpy's DKIM with the RSA step done by `cryptography` (see the module docstring)."""
+
+    def __init__(self, message: bytes, *, key):
+        super().__init__(message)
+        self._key = key
+
+    def gen_header(self, fields, include_headers, canon_policy, header_name, pk, standardize=False):
+        # dkimpy 1.1 DomainSigner.gen_header for rsa-sha256, with the signature from OpenSSL.
+        header_value = b"; ".join(b"=".join(x) for x in fields)
+        header_value = dkim.fold(header_value, namelen=len(header_name), linesep=b"\r\n")
+        header_value = dkim.RE_BTAG.sub(b"\\1", header_value)
+        header = (header_name, b" " + header_value)
+        h = dkim.HashThrough(self.hasher(), False)
+        headers = canon_policy.canonicalize_headers(self.headers)
+        self.signed_headers = dkim.hash_headers(h, canon_policy, headers, include_headers, header, dict(fields))
+        signature = self._key.sign(h.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        idx = [i for i in range(len(fields)) if fields[i][0] == b"b"][0]
+        fields[idx] = (b"b", base64.b64encode(signature))
+        header_value = b"; ".join(b"=".join(x) for x in fields) + self.linesep
+        return dkim.fold(header_value, namelen=len(header_name), linesep=self.linesep)
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who a workspace's mail is from and how it is signed. `bounce_domain` carries the VERP
+    envelope senders and the unsubscribe mailto; `signer` is None when no SendingDomain matches
+    the From domain (the mail goes out unsigned)."""
+
+    from_name: str
+    from_email: str
+    reply_to: str
+    domain: str
+    bounce_domain: str
+    signer: DkimSigner | None
+    feedback_sender: str = "leadflow"
+
+
+@dataclass(frozen=True)
+class Built:
+    data: bytes
+    envelope_from: str
+    recipient: str
+    message_id: str
+
+
+def verp_address(message_id: int, bounce_domain: str, *, prefix: str = "bounces") -> str:
+    return f"{prefix}+{verp_local(message_id)}@{bounce_domain}"
+
+
+def _single_line(value: str) -> str:
+    return " ".join(str(value).split())
+
+
+def _check_address(value: str) -> str:
+    value = value.strip()
+    if not value or any(c in value for c in "\r\n\t <>\"(),;:[]\\") or value.count("@") != 1:
+        raise MimeError(f"not a usable email address: {value!r}")
+    local, _, domain = value.rpartition("@")
+    if not local or not domain or "." not in domain.strip(".") or not all(c.isprintable() for c in value):
+        raise MimeError(f"not a usable email address: {value!r}")
+    return value
+
+
+def _wire_address(value: str) -> str:
+    """The address as it goes into a header: an internationalised domain as IDNA (a non-ASCII
+    local part stays as it is and needs SMTPUTF8)."""
+    local, _, domain = value.rpartition("@")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise MimeError(f"not a usable email address: {value!r}") from exc
+    return f"{local}@{domain}"
+
+
+def _fold(name: str, value: str) -> bytes:
+    """`Name: value` folded at spaces to lines of at most 78 characters where possible."""
+    line = f"{name}: {value}"
+    if len(line) <= 78:
+        return line.encode() + b"\r\n"
+    out, current = [], f"{name}:"
+    for word in value.split(" "):
+        if len(current) + 1 + len(word) > 78 and current.strip() and current != f"{name}:":
+            out.append(current)
+            current = " " + word
+        else:
+            current = f"{current} {word}"
+    out.append(current)
+    return "\r\n".join(out).encode() + b"\r\n"
+
+
+def _encoded_words(value: str) -> str:
+    """RFC 2047 base64 encoded words (each at most 75 characters, never splitting a character),
+    separated by folding whitespace."""
+    words, chunk, size = [], [], 0
+    for char in value:
+        width = len(char.encode("utf-8"))
+        if size + width > 45:
+            words.append("".join(chunk))
+            chunk, size = [], 0
+        chunk.append(char)
+        size += width
+    if chunk:
+        words.append("".join(chunk))
+    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w.encode('utf-8')).decode()}?=" for w in words)
+
+
+def _encoded(name: str, value: str) -> bytes:
+    if value.isascii():
+        return _fold(name, value)
+    return f"{name}: {_encoded_words(value)}\r\n".encode()
+
+
+def _mailbox(name: str, address: str) -> str:
+    name = _single_line(name)
+    if not name:
+        return address
+    if not name.isascii():
+        return f"{_encoded_words(name)} <{address}>"
+    if _ATOM_PHRASE.fullmatch(name):
+        return f"{name} <{address}>"
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}" <{address}>'
+
+
+def _body_part(content: str, subtype: str) -> bytes:
+    raw = content.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    if raw.isascii() and max((len(line) for line in raw.split(b"\n")), default=0) <= 900:
+        body, cte = raw, b"7bit"
+    elif len(raw.translate(None, _ASCII)) * 2 > len(raw) * 0.37:  # base64 is the shorter
+        body, cte = base64.encodebytes(raw), b"base64"
+    else:
+        body, cte = binascii.b2a_qp(raw, quotetabs=False, istext=True, header=False), b"quoted-printable"
+    body = body.replace(b"\n", b"\r\n")
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return (b"Content-Type: text/" + subtype.encode() + b'; charset="utf-8"\r\n'
+            b"Content-Transfer-Encoding: " + cte + b"\r\n\r\n" + body)
+
+
+def list_id(*, topic: str, campaign: str, domain: str) -> str:
+    label = _LIST_LABEL.sub("-", (topic or "marketing").lower()).strip("-") or "marketing"
+    phrase = _single_line(campaign or topic or "marketing").replace('"', "'").replace("\\", "")
+    return f'"{phrase}" <{label}.{domain}>'
+
+
+def feedback_id(*, campaign: str, kind: str, workspace_slug: str, sender: str) -> str:
+    """Gmail's Feedback-ID `campaign:kind:workspace:sender` (colons only as separators)."""
+    fields = [_FEEDBACK_FIELD.sub("-", f or "none")[:60] for f in (campaign, kind, workspace_slug, sender)]
+    return ":".join(fields)
+
+
+def message_build(*, message, subject: str, html: str, text: str, sender: Sender, now: dt.datetime,
+                  unsubscribe_url: str = "", workspace_slug: str = "") -> Built:
+    """The signed bytes, envelope and Message-ID of one outbox `message` with its rendered
+    content. Raises MimeError for anything that cannot be put on the wire."""
+    recipient = _wire_address(_check_address(message.to_email))
+    from_address = _wire_address(_check_address(sender.from_email))
+    message_id = f"<{message.pk}.{secrets.token_hex(6)}@{sender.domain}>"
+    head = [_encoded("From", _mailbox(sender.from_name, from_address)),
+            _fold("To", recipient),
+            _encoded("Subject", _single_line(subject)),
+            _fold("Date", format_datetime(now.astimezone(dt.timezone.utc))),
+            _fold("Message-ID", message_id)]
+    if sender.reply_to:
+        head.append(_fold("Reply-To", _wire_address(_check_address(sender.reply_to))))
+    if message.kind == "marketing":
+        targets = []
+        if unsubscribe_url.startswith(("https://", "http://")):
+            targets.append(f"<{unsubscribe_url}>")
+        targets.append(f"<mailto:{verp_address(message.pk, sender.bounce_domain, prefix='unsubscribe')}"
+                       "?subject=unsubscribe>")
+        head.append(_fold("List-Unsubscribe", ", ".join(targets)))
+        if unsubscribe_url.startswith("https://"):
+            head.append(_fold("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+        head.append(_encoded("List-Id", list_id(topic=message.topic, campaign=message.campaign,
+                                                domain=sender.domain)))
+    head.append(_fold("Feedback-ID", feedback_id(campaign=message.campaign, kind=message.kind,
+                                                 workspace_slug=workspace_slug, sender=sender.feedback_sender)))
+    boundary = f"=_lf_{secrets.token_hex(12)}".encode()
+    head.append(b"MIME-Version: 1.0\r\n")
+    head.append(b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\r\n')
+    data = b"".join(head) + b"\r\n" + b"".join([
+        b"--" + boundary + b"\r\n", _body_part(text or " ", "plain"),
+        b"--" + boundary + b"\r\n", _body_part(html, "html"),
+        b"--" + boundary + b"--\r\n"])
+    if sender.signer is not None:
+        include = [h.encode() for h in SIGNED_HEADERS if h != "reply-to" or sender.reply_to]
+        include = [h for h in include if h not in _MARKETING_ONLY or message.kind == "marketing"]
+        if not unsubscribe_url.startswith("https://"):
+            include = [h for h in include if h != b"list-unsubscribe-post"]
+        data = sender.signer.sign(data, include) + data
+    bounce = verp_address(message.pk, sender.bounce_domain)
+    return Built(data=data, envelope_from=bounce, recipient=recipient, message_id=message_id)

@@ -1,0 +1,256 @@
+"""Email content pages: the templates list, the editor and its live preview, versions and diff,
+a version's page (submit, approve, reject, test send), the approval queue with its role checks,
+layouts, the navigation, and workspace isolation."""
+
+from __future__ import annotations
+
+import html
+
+import orjson
+import pytest
+from django.template import Context, Template as DjangoTemplate
+from django.test import Client
+
+from leadflow.contacts.models import Contact
+from leadflow.core.services import user_create
+from leadflow.messaging import content
+from leadflow.messaging.models import Layout, Message, MessagingSettings, Template, TemplateVersion
+
+pytestmark = pytest.mark.django_db
+
+LAYOUT = '{{ content }}<p>{{ postal_address }} <a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
+
+
+def login(ws, username: str, role: str) -> Client:
+    c = Client()
+    c.force_login(user_create(username=username, password="pw-123456", email=f"{username}@acme.example",
+                              workspace=ws.workspace, role=role))
+    return c
+
+
+@pytest.fixture
+def marketer(ws):
+    return login(ws, "mara", "marketer")
+
+
+@pytest.fixture
+def postal(ws):
+    return MessagingSettings.objects.create(workspace=ws.workspace, postal_address="Acme Inc, 1 Main St")
+
+
+@pytest.fixture
+def layout(ws):
+    return content.layout_create(workspace=ws.workspace, name="Main", html=LAYOUT, actor="test")
+
+
+def form(layout=None, **overrides) -> dict:
+    data = {"name": "Welcome", "kind": "marketing", "topic": "", "subject": "Hi {{ contact.first_name }}",
+            "preheader": "Welcome aboard", "html": "<p>Hello {{ contact.first_name }}</p>", "text": "",
+            "layout_id": str(layout.pk) if layout else "", "blocks": "{}", "note": ""}
+    data.update(overrides)
+    return data
+
+
+def test_nav_and_subnav(ws, marketer):
+    page = marketer.get("/email/").content.decode()
+    assert 'href="/email/" aria-current="page">Email</a>' in page
+    assert 'href="/email/layouts/"' in page and 'href="/email/approvals/"' in page
+    # a link to a page that does not exist yet is left out rather than breaking the page
+    rendered = DjangoTemplate('{% load email_tags %}[{% email_url "web:email-no-such-page" %}]'
+                              '[{% email_url "web:email-layouts" %}]').render(Context({}))
+    assert rendered == "[][/email/layouts/]"
+
+
+def test_create_edit_and_live_preview(ws, marketer, layout, postal):
+    page = marketer.get("/email/templates/new/")
+    assert page.status_code == 200 and "email-editor.js" in page.content.decode()
+    assert 'id="email-options"' in page.content.decode() and 'data-testid="blocks-editor"' in page.content.decode()
+    resp = marketer.post("/email/templates/new/", form(layout))
+    template = Template.objects.get(workspace=ws.workspace, name="Welcome")
+    assert resp.status_code == 302 and resp["Location"] == f"/email/templates/{template.pk}/"
+    editor = marketer.get(f"/email/templates/{template.pk}/").content.decode()
+    assert "Editing version 1, a draft" in editor and "Hello {{ contact.first_name }}" in editor
+
+    # the live preview renders the unsaved form for the sample person, a sample stage, or a contact
+    blocks = {"cta": {"by": "stage", "variants": [{"when": "customer", "html": "<b>Upgrade</b>"}],
+                      "default": {"html": "<b>Try it</b>"}}}
+    unsaved = form(layout, html='<p>Hi {{ contact.first_name }} {{ block("cta") }}</p>', blocks=orjson.dumps(blocks).decode())
+    r = marketer.post(f"/email/templates/{template.pk}/preview/", unsaved)
+    assert r.status_code == 200, r.content
+    assert "Hi Ada <b>Try it</b>" in r.json()["html"] and r.json()["subject"] == "Hi Ada"
+    assert r.json()["preheader"] == "Welcome aboard" and "Acme Inc, 1 Main St" in r.json()["text"]
+    r = marketer.post(f"/email/templates/{template.pk}/preview/", {**unsaved, "stage": "customer"})
+    assert "<b>Upgrade</b>" in r.json()["html"]
+    grace = Contact.objects.create(workspace=ws.workspace, email="grace@acme.example", first_name="Grace",
+                                   lifecycle_stage="customer")
+    r = marketer.post(f"/email/templates/{template.pk}/preview/", {**unsaved, "contact_id": str(grace.pk)})
+    assert "Hi Grace <b>Upgrade</b>" in r.json()["html"] and r.json()["contact"] == "grace@acme.example"
+    r = marketer.post(f"/email/templates/{template.pk}/preview/", {**unsaved, "html": "<p>{% if %}</p>"})
+    assert r.status_code == 400 and r.json()["error"].startswith("html, line 1:")
+    r = marketer.post("/email/templates/preview/", unsaved)  # a template not created yet
+    assert r.status_code == 200 and "Hi Ada" in r.json()["html"]
+    found = marketer.get("/email/templates/contacts/?q=grace").json()["items"]
+    assert found == [{"id": grace.pk, "label": f"grace@acme.example — Grace (#{grace.pk})"}]
+
+    # saving edits the draft in place; nothing was saved by the previews
+    assert TemplateVersion.objects.get(template=template).html == "<p>Hello {{ contact.first_name }}</p>"
+    resp = marketer.post(f"/email/templates/{template.pk}/", unsaved)
+    assert resp.status_code == 302
+    v1 = TemplateVersion.objects.get(template=template)
+    assert v1.blocks["cta"]["variants"] == [{"when": "customer", "html": "<b>Upgrade</b>", "text": ""}]
+    assert v1.blocks["cta"]["default"] == {"html": "<b>Try it</b>", "text": ""} and 'block("cta")' in v1.html
+
+
+def test_invalid_content_rerenders_with_the_error_and_saves_nothing(ws, marketer):
+    resp = marketer.post("/email/templates/new/", form(html="<p>\n{{ contact.first_name | shout }}</p>"))
+    assert resp.status_code == 400
+    assert "html, line 2: No filter named &#x27;shout&#x27;" in resp.content.decode()
+    assert "shout" in resp.content.decode()  # the marketer's text is kept in the form
+    resp = marketer.post("/email/templates/new/", form(blocks="{not json"))
+    assert resp.status_code == 400 and "blocks: not valid JSON" in resp.content.decode()
+    assert not Template.objects.exists()
+    marketer.post("/email/templates/new/", form())
+    template = Template.objects.get()
+    resp = marketer.post(f"/email/templates/{template.pk}/", form(name="Renamed", html="{{ broken"))
+    assert resp.status_code == 400 and "Renamed" in resp.content.decode()
+    template.refresh_from_db()
+    assert template.name == "Welcome"  # settings and content are saved together or not at all
+
+
+def test_submit_approve_and_the_queue(ws, marketer, layout, postal):
+    resp = marketer.post("/email/templates/new/", form(layout))
+    template = Template.objects.get(name="Welcome")
+    resp = marketer.post(f"/email/templates/{template.pk}/versions/1/submit/", follow=True)
+    assert "Version 1 submitted for approval" in resp.content.decode()
+    queue = marketer.get("/email/approvals/").content.decode()
+    assert f'data-version="{template.slug}-1"' in queue
+    assert "you wrote this version" in queue.lower()  # the author sees why they cannot approve
+    assert marketer.post(f"/email/templates/{template.pk}/versions/1/approve/").status_code == 403
+    colleague = login(ws, "mo", "marketer")
+    queue = colleague.get("/email/approvals/").content.decode()
+    assert f"/email/templates/{template.pk}/versions/1/approve/" in queue
+    resp = colleague.post(f"/email/templates/{template.pk}/versions/1/approve/", {"next": "approvals"}, follow=True)
+    assert resp.redirect_chain[-1][0] == "/email/approvals/"
+    assert "approved: new sends use it" in resp.content.decode() and "Nothing is waiting" in resp.content.decode()
+    template.refresh_from_db()
+    assert template.approved_version.number == 1
+    editor = marketer.get(f"/email/templates/{template.pk}/").content.decode()
+    assert "saving starts version 2" in editor and "Sends use version 1 (approved)" in editor
+
+
+def test_high_risk_is_only_actionable_by_compliance(ws, marketer, layout, postal):
+    marketer.post("/email/templates/new/", form(layout, name="Pricing", high_risk="on"))
+    template = Template.objects.get(name="Pricing")
+    assert template.high_risk
+    marketer.post(f"/email/templates/{template.pk}/versions/1/submit/")
+    admin = login(ws, "ada", "admin")
+    queue = admin.get("/email/approvals/").content.decode()
+    assert "compliance role must decide" in queue and "/approve/" not in queue
+    resp = admin.post(f"/email/templates/{template.pk}/versions/1/approve/")
+    assert resp.status_code == 403 and "compliance role" in resp.content.decode()
+    resp = admin.post(f"/email/templates/{template.pk}/versions/1/reject/", {"reason": "no"})
+    assert resp.status_code == 403
+    compliance = login(ws, "cora", "compliance")
+    queue = compliance.get("/email/approvals/").content.decode()
+    assert f"/email/templates/{template.pk}/versions/1/approve/" in queue
+    resp = compliance.post(f"/email/templates/{template.pk}/versions/1/reject/", {"reason": "Claim needs a source"},
+                           follow=True)
+    assert "rejected" in resp.content.decode()
+    version = TemplateVersion.objects.get(template=template)
+    assert version.status == "rejected" and version.decision_reason == "Claim needs a source"
+    detail = marketer.get(f"/email/templates/{template.pk}/versions/1/").content.decode()
+    assert "Claim needs a source" in detail
+
+
+def test_version_page_preview_test_send_and_history_diff(ws, marketer, layout, postal):
+    marketer.post("/email/templates/new/", form(layout))
+    template = Template.objects.get(name="Welcome")
+    detail = marketer.get(f"/email/templates/{template.pk}/versions/1/?stage=customer&role=cfo")
+    page = detail.content.decode()
+    assert detail.status_code == 200 and 'sandbox=""' in page and "srcdoc=" in page
+    assert html.escape("Hello Ada</p>") in page or "Hello Ada&lt;/p&gt;" in page
+    resp = marketer.post(f"/email/templates/{template.pk}/versions/1/test/", {"to_email": "qa@example.com"},
+                         follow=True)
+    assert "Test of version 1 queued to qa@example.com" in resp.content.decode()
+    message = Message.objects.get(kind="test")
+    assert message.to_email == "qa@example.com" and message.version.number == 1
+    resp = marketer.post(f"/email/templates/{template.pk}/versions/1/test/", {"to_email": "bad"}, follow=True)
+    assert "to_email: invalid email" in resp.content.decode()
+    marketer.post(f"/email/templates/{template.pk}/versions/1/submit/")
+    marketer.post(f"/email/templates/{template.pk}/", form(layout, subject="Welcome, {{ contact.first_name }}"))
+    assert TemplateVersion.objects.filter(template=template).count() == 2
+    history = marketer.get(f"/email/templates/{template.pk}/versions/?a=1&b=2").content.decode()
+    assert 'data-testid="diff-subject"' in history and "+Welcome, {{ contact.first_name }}" in html.unescape(history)
+    assert 'data-testid="diff-html"' not in history
+    restore = marketer.post(f"/email/templates/{template.pk}/versions/1/restore/", follow=True)
+    assert "Version 3 (draft) started from version 1" in restore.content.decode()
+
+
+def test_viewers_cannot_change_anything(ws, layout, postal):
+    template = content.template_create(workspace=ws.workspace, name="Welcome", actor="test", subject="Hi",
+                                       html="<p>x {{ unsubscribe_url }} {{ postal_address }}</p>")
+    sales = login(ws, "sid", "sales")
+    assert sales.get("/email/").status_code == 200
+    assert sales.get(f"/email/templates/{template.pk}/").status_code == 200
+    assert sales.get("/email/templates/new/").status_code == 403
+    assert sales.post(f"/email/templates/{template.pk}/", form(subject="changed")).status_code == 403
+    assert sales.post(f"/email/templates/{template.pk}/versions/1/submit/").status_code == 403
+    assert sales.post(f"/email/templates/{template.pk}/versions/1/test/", {"to_email": "x@example.com"}).status_code == 403
+    assert sales.post(f"/email/templates/{template.pk}/archive/").status_code == 403
+    assert sales.post("/email/layouts/new/", {"name": "x", "html": "{{ content }}"}).status_code == 403
+    assert sales.post(f"/email/layouts/{layout.pk}/delete/").status_code == 403
+    content.version_submit(version=template.versions.get(), actor="test")
+    assert sales.post(f"/email/templates/{template.pk}/versions/1/approve/").status_code == 403
+    assert TemplateVersion.objects.get(template=template).status == "pending"
+    assert not Message.objects.exists() and Layout.objects.count() == 1
+
+
+def test_layouts_pages(ws, marketer):
+    assert "No layouts yet" in marketer.get("/email/layouts/").content.decode()
+    new = marketer.get("/email/layouts/new/").content.decode()
+    assert "{{ content }}" in new and "{{ unsubscribe_url }}" in new  # a starting layout is offered
+    resp = marketer.post("/email/layouts/new/", {"name": "Bad", "html": "<p>no slot</p>", "text": ""})
+    assert resp.status_code == 400 and "must contain {{ content }}" in resp.content.decode()
+    resp = marketer.post("/email/layouts/new/", {"name": "Brand", "html": LAYOUT, "text": ""})
+    layout = Layout.objects.get(name="Brand")
+    assert resp.status_code == 302 and resp["Location"] == f"/email/layouts/{layout.pk}/"
+    page = marketer.get(f"/email/layouts/{layout.pk}/").content.decode()
+    assert 'data-testid="preview"' in page and "The email&#x27;s content goes here" in html.unescape(page) \
+        or "content goes here" in html.unescape(page)
+    marketer.post(f"/email/layouts/{layout.pk}/", {"name": "Brand 2", "html": LAYOUT, "text": ""})
+    assert Layout.objects.get(pk=layout.pk).name == "Brand 2"
+    assert "Brand 2" in marketer.get("/email/layouts/").content.decode()
+    marketer.post(f"/email/layouts/{layout.pk}/delete/")
+    assert not Layout.objects.filter(pk=layout.pk).exists()
+
+
+def test_archive_and_list(ws, marketer, layout):
+    marketer.post("/email/templates/new/", form(layout))
+    template = Template.objects.get(name="Welcome")
+    listing = marketer.get("/email/").content.decode()
+    assert "Welcome" in listing and "not yet" in listing
+    assert "Welcome" not in marketer.get("/email/?q=zzz").content.decode().split('data-testid="templates"')[-1]
+    marketer.post(f"/email/templates/{template.pk}/archive/")
+    assert 'data-testid="templates"' not in marketer.get("/email/").content.decode()
+    assert "Welcome" in marketer.get("/email/?archived=1").content.decode()
+
+
+def test_pages_of_another_workspace_answer_404(ws, other_ws, marketer, layout):
+    theirs = content.template_create(workspace=other_ws.workspace, name="Theirs", actor="test", subject="x",
+                                     html="<p>x</p>")
+    their_layout = content.layout_create(workspace=other_ws.workspace, name="L", html="{{ content }}", actor="t")
+    stranger = Contact.objects.create(workspace=other_ws.workspace, email="stranger@other.example", first_name="Stranger")
+    for url in (f"/email/templates/{theirs.pk}/", f"/email/templates/{theirs.pk}/versions/",
+                f"/email/templates/{theirs.pk}/versions/1/", f"/email/layouts/{their_layout.pk}/"):
+        assert marketer.get(url).status_code == 404, url
+    for url in (f"/email/templates/{theirs.pk}/preview/", f"/email/templates/{theirs.pk}/versions/1/submit/",
+                f"/email/templates/{theirs.pk}/versions/1/test/", f"/email/templates/{theirs.pk}/archive/",
+                f"/email/layouts/{their_layout.pk}/delete/"):
+        assert marketer.post(url, {"to_email": "x@example.com"}).status_code == 404, url
+    # a contact of another workspace is not found by the picker, and previews fall back to the sample
+    assert marketer.get("/email/templates/contacts/?q=stranger").json()["items"] == []
+    marketer.post("/email/templates/new/", form(layout))
+    mine = Template.objects.get(workspace=ws.workspace)
+    r = marketer.post(f"/email/templates/{mine.pk}/preview/", {**form(layout), "contact_id": str(stranger.pk)})
+    assert "Stranger" not in r.json()["html"] and "Hello Ada" in r.json()["html"]
+    assert Message.objects.count() == 0 and Template.objects.get(pk=theirs.pk).archived_at is None
