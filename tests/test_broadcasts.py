@@ -543,18 +543,30 @@ def test_scheduling_in_the_past_is_refused(ws, frozen_clock):
     assert refresh(b).status == "draft"
 
 
-def test_a_version_superseded_while_a_big_audience_is_still_queueing_stops_queueing_visibly(ws, frozen_clock,
-                                                                                             monkeypatch):
-    """The outbox refuses to queue a version that is no longer approved, even the one a broadcast
-    pinned: the remaining passes stop, and the broadcast says why (it does not switch versions)."""
+def test_a_version_superseded_while_a_big_audience_is_still_queueing_finishes_on_the_pinned_version(
+        ws, frozen_clock, monkeypatch):
+    """Approving a newer version while a broadcast is still queueing its passes changes nothing for
+    it: every recipient gets the version it pinned when it started (sends in flight keep theirs)."""
     monkeypatch.setattr(broadcasts, "QUEUE_PER_PASS", 5)
     news = make_template(ws, "news")
     b = broadcasts.broadcast_send_now(broadcast=create(ws, news, static_list(ws, people(ws, 12))), actor="test")
     pinned = b.version_id
     approve_new_version(news, subject="News v2")
-    tick(frozen_clock.current)
+    for _ in range(3):
+        tick(frozen_clock.current)
     b = refresh(b)
-    assert "queueing stopped" in b.result["error"] and "not approved" in b.result["error"]
-    assert b.audience_count is None and Message.objects.filter(broadcast=b).count() == 5
+    assert not b.result.get("error")
+    assert Message.objects.filter(broadcast=b).count() == 12
     assert set(Message.objects.filter(broadcast=b).values_list("version", flat=True)) == {pinned}
-    assert b.status == "sending", "the queued ones still go out"
+
+
+def test_the_outbox_never_queues_a_version_that_was_never_approved(ws):
+    from leadflow.messaging.outbox import messages_queue_bulk
+
+    news = make_template(ws, "news")
+    draft = TemplateVersion.objects.create(workspace=ws.workspace, template=news, number=2, subject="Draft",
+                                           html=BODY, status="draft")
+    with pytest.raises(ServiceError, match="not approved"):
+        messages_queue_bulk(workspace_id=ws.workspace.pk, contacts=people(ws, 2), template=news, version=draft,
+                            source="test", dedupe_prefix="t:")
+    assert not Message.objects.exists()

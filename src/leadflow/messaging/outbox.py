@@ -19,6 +19,9 @@ from leadflow.messaging.models import (Message, MessageEvent, MessageEventKind, 
                                        TemplateVersion)
 
 BATCH = 1000
+# A version that was approved: the current one, or one superseded since — sends that pinned it (a
+# broadcast still queueing, a journey's people) finish on the version they started with.
+SENDABLE = frozenset({"approved", "superseded"})
 
 
 def _check_server(workspace_id: int, server_id: int | None) -> None:
@@ -42,7 +45,7 @@ def message_queue(*, workspace_id: int, contact: Contact | None, template: Templ
     now = clock.now()
     if template is not None and version is None:
         version = template.approved_version
-    if kind != MessageKind.TEST and template is not None and (version is None or version.status != "approved"):
+    if kind != MessageKind.TEST and template is not None and (version is None or version.status not in SENDABLE):
         raise ServiceError(f"template {template.slug!r} has no approved version to send")
     address = (to_email if to_email is not None else (contact.email if contact is not None else "")).strip()
     if not address:
@@ -56,7 +59,7 @@ def message_queue(*, workspace_id: int, contact: Contact | None, template: Templ
                   context=context or {}, dedupe_key=dedupe_key, not_before=not_before or now,
                   server_id=server_id, broadcast_id=broadcast_id, variant_id=variant_id, queued_at=now)
     if dedupe_key:
-        existing = Message.objects.filter(workspace_id=workspace_id, dedupe_key=dedupe_key).first()
+        existing = Message.objects.filter(workspace_id=workspace_id, dedupe_key=dedupe_key).exclude(dedupe_key="").first()
         if existing is not None:
             return existing
         try:
@@ -80,7 +83,7 @@ def messages_queue_bulk(*, workspace_id: int, contacts: list[Contact], template:
     key is `dedupe_prefix` + contact id, so running it again for the same people queues nothing
     new. Returns how many rows were new."""
     now = clock.now()
-    if version.status != "approved":
+    if version.status not in SENDABLE:
         raise ServiceError(f"version {version.number} of {template.slug!r} is not approved")
     _check_server(workspace_id, server_id)
     rows = [Message(workspace_id=workspace_id, contact=c, to_email=c.email.strip(), kind=MessageKind.MARKETING,
@@ -93,12 +96,13 @@ def messages_queue_bulk(*, workspace_id: int, contacts: list[Contact], template:
     for start in range(0, len(rows), BATCH):
         chunk = rows[start:start + BATCH]
         keys = [m.dedupe_key for m in chunk]
-        have = set(Message.objects.filter(workspace_id=workspace_id, dedupe_key__in=keys)
+        # `.exclude(dedupe_key="")` matches the partial unique index, so the lookup can use it.
+        have = set(Message.objects.filter(workspace_id=workspace_id, dedupe_key__in=keys).exclude(dedupe_key="")
                    .values_list("dedupe_key", flat=True))
         new = [m for m in chunk if m.dedupe_key not in have]
         Message.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
         stored = list(Message.objects.filter(workspace_id=workspace_id, dedupe_key__in=[m.dedupe_key for m in new],
-                                             queued_at=now).values_list("pk", "contact_id"))
+                                             queued_at=now).exclude(dedupe_key="").values_list("pk", "contact_id"))
         MessageEvent.objects.bulk_create(
             [MessageEvent(workspace_id=workspace_id, message_id=pk, contact_id=contact_id,
                           kind=MessageEventKind.QUEUED, at=now) for pk, contact_id in stored], batch_size=BATCH)
