@@ -147,6 +147,14 @@ def test_links_track_is_idempotent_and_handles_html_without_body(ws, frozen_cloc
     assert links.links_track(html="", text="", message=message) == ("", "")
 
 
+def test_a_link_python_cannot_parse_is_left_as_written_not_an_error(ws, frozen_clock):
+    message = sent_message(ws, make_contact(ws))
+    html = '<a href="https://[if mso]">odd</a> <a href="https://acme.example/ok">ok</a>'
+    tracked, text = links.links_track(html=html, text="see https://[if mso] too", message=message)
+    assert 'href="https://[if mso]"' in tracked and "see https://[if mso] too" in text
+    assert tracked.count("/e/c/") == 1  # the good link is still tracked
+
+
 @override_settings(PUBLIC_URL=PUBLIC)
 @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(paths=st.lists(st.text(alphabet="abcxyz0123456789-_/.~%", min_size=0, max_size=12), min_size=1, max_size=5),

@@ -9,8 +9,18 @@ from leadflow.messaging.tokens import public_url, token_make
 
 def unsubscribe_url(message) -> str:
     """`/u/TOKEN` for a sent message: GET shows a confirmation and the preferences, POST with
-    `List-Unsubscribe=One-Click` unsubscribes from the message's topic (or all marketing)."""
-    return public_url(f"u/{token_make('unsubscribe', {'w': message.workspace_id, 'm': message.pk})}")
+    `List-Unsubscribe=One-Click` unsubscribes from the message's topic (or all marketing).
+
+    Made once per message object: the renderer (the `unsubscribe_url` variable) and the
+    List-Unsubscribe header ask for the same URL."""
+    key = (message.workspace_id, message.pk, public_url(""))
+    cached = getattr(message, "_lf_unsubscribe_url", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    url = public_url(f"u/{token_make('unsubscribe', {'w': message.workspace_id, 'm': message.pk})}")
+    if message.pk is not None:
+        message._lf_unsubscribe_url = (key, url)
+    return url
 
 
 def preferences_url(*, workspace_id: int, contact_id: int) -> str:

@@ -3,8 +3,8 @@
 `links_track` rewrites every http(s) link of a message's HTML (`<a href>`, `<area href>` and the
 `href` of Outlook's VML buttons inside `<!--[if mso]>` comments) and the bare URLs of its text
 part to a signed `/e/c/TOKEN` URL, appends UTM parameters to the destination, and adds the open
-pixel `/e/o/TOKEN` before `</body>`. Only the rewritten tags change: the HTML is read with the
-standard library's parser and the rest of the document is kept byte for byte.
+pixel `/e/o/TOKEN` before `</body>`. Only the rewritten tags change: the HTML is read as the
+standard library's parser reads it and the rest of the document is kept byte for byte.
 
 `open_record` and `click_record` are what the public endpoints call. They flag *machine* opens
 (privacy proxies such as Apple Mail Privacy Protection, security scanners) and *bot* clicks (HEAD
@@ -16,11 +16,11 @@ statistics by default (docs/email-tracking.md).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
-from html import escape
-from html.parser import HTMLParser
+from html import escape, unescape
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from leadflow.core import clock
@@ -40,16 +40,28 @@ LINK_TAGS = frozenset({"a", "area"})
 # Bare URLs in the plain-text part. Text is not HTML: a pattern is the right tool here.
 TEXT_URL = re.compile(r"https?://[^\s<>\"'()\[\]{}]+", re.IGNORECASE)
 TRAILING = ".,;:!?"
-NEWLINE = re.compile("\n")
 
 
-def _is_tracked_destination(url: str) -> bool:
-    parts = urlsplit(url)
+def _untracked_prefixes() -> tuple[str, ...]:
+    return tuple(public_url(path) for path in UNTRACKED_PATHS)
+
+
+def _is_tracked_destination(url: str, untracked: tuple[str, ...] | None = None) -> bool:
+    return _tracked(url, untracked if untracked is not None else _untracked_prefixes())
+
+
+@functools.lru_cache(maxsize=4096)  # a pure function of its arguments; a batch repeats its links
+def _tracked(url: str, untracked: tuple[str, ...]) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. a bracketed host that is no IP address: left exactly as written
+        return False
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         return False
-    return not any(url.startswith(public_url(path)) for path in UNTRACKED_PATHS)
+    return not url.startswith(untracked)
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of its arguments; a batch repeats its links
 def utm_add(url: str, *, campaign: str, content: str) -> str:
     """`url` with utm_source/medium/campaign/content appended, keeping every UTM parameter the
     link already has (only missing ones are added) and the rest of the URL exactly as written."""
@@ -76,79 +88,194 @@ def _start_tag(tag: str, attrs: list[tuple[str, str | None]], *, closed: bool) -
     return "".join(parts)
 
 
-class _LinkScanner(HTMLParser):
-    """Finds the start tags to rewrite and where `</body>` is, as offsets into the source."""
+# The scanner reads HTML the way the standard library's `html.parser` does (its patterns for a
+# start tag, its attributes and a comment's end; `<script>`/`<style>` content is text), but only
+# builds the attributes of the tags it rewrites: a whole-document HTMLParser pass was most of the
+# cost of sending a message.
+_MARKUP = re.compile(r"<(?:(!--)|(!\[)|([!?])|(/)|([a-zA-Z][^\t\n\r\f />\x00]*))")
+_END_TAG = re.compile(r"</\s*([a-zA-Z][-.a-zA-Z0-9:_]*)\s*>")
+_TAG_NAME = re.compile(r"([a-zA-Z][^\t\n\r\f />\x00]*)(?:\s|/(?!>))*")
+_ATTR = re.compile(r"((?<=['\"\s/])[^\s/>][^\s/=>]*)(\s*=+\s*(\'[^\']*\'|\"[^\"]*\"|(?![\'\"])[^>\s]*))?(?:\s|/(?!>))*")
+_TAG_END = re.compile(r"""
+  <[a-zA-Z][^\t\n\r\f />\x00]*       # tag name
+  (?:[\s/]*                          # optional whitespace before attribute name
+    (?:(?<=['"\s/])[^\s/>][^\s/=>]*  # attribute name
+      (?:\s*=+\s*                    # value indicator
+        (?:'[^']*'                   # LITA-enclosed value
+          |"[^"]*"                   # LIT-enclosed value
+          |(?!['"])[^>\s]*           # bare value
+         )
+        \s*                          # possibly followed by a space
+       )?(?:\s|/(?!>))*
+     )*
+   )?
+  \s*                                # trailing whitespace
+""", re.VERBOSE)
+_QUOTE_OR_LT = re.compile("[<'\"]")
+_COMMENT_END = re.compile(r"--\s*>")
+_MARKED_END = re.compile(r"]\s*>")
+_CDATA_MARKED_END = re.compile(r"]\s*]\s*>")
+_CDATA_ELEMENTS = ("script", "style")
+_WANTED_TAGS = LINK_TAGS | {"img", *_CDATA_ELEMENTS}
+_CDATA_END = {tag: re.compile(rf"</\s*{tag}\s*>", re.IGNORECASE) for tag in _CDATA_ELEMENTS}
 
-    def __init__(self, source: str, *, in_comment: bool = False):
-        super().__init__(convert_charrefs=True)
-        self.source = source
-        self.in_comment = in_comment
-        self.line_starts = [0] + [match.end() for match in NEWLINE.finditer(source)]
+
+def _tag_end(source: str, i: int) -> int:
+    """Where the start tag at `i` ends (html.parser's check_for_whole_start_tag); -1 when the
+    document ends inside it."""
+    j = _TAG_END.match(source, i).end()
+    following = source[j:j + 1]
+    if following == ">":
+        return j + 1
+    if following == "/":
+        if source.startswith("/>", j):
+            return j + 2
+        return j if j > i else i + 1
+    if following == "" or following.isascii() and (following.isalpha() or following in "=/"):
+        return -1
+    return j if j > i else i + 1
+
+
+def _skip_incomplete(source: str, i: int) -> int:
+    """Where html.parser goes on after markup at `i` that the document ends inside (it reads it
+    as text up to the next `>`, else up to the next `<`)."""
+    k = source.find(">", i + 1)
+    if k >= 0:
+        return k + 1
+    k = source.find("<", i + 1)
+    return k if k >= 0 else i + 1
+
+
+class _Scan:
+    """The start tags to rewrite and where `</body>` is, as offsets into the source."""
+
+    def __init__(self, source: str, *, in_comment: bool = False, untracked: tuple[str, ...] = (),
+                 pixel_prefix: str = ""):
         self.links: list[tuple[int, int, str, list, bool, int]] = []  # start, end, tag, attrs, closed, href index
         self.comments: list[tuple[int, str]] = []  # offset of the comment text, text
         self.body_end: int | None = None
         self.has_pixel = False
+        self._run(source, in_comment, untracked, pixel_prefix)
 
-    def _offset(self) -> int:
-        line, column = self.getpos()
-        return self.line_starts[line - 1] + column
-
-    def _tag(self, tag: str, attrs: list, closed: bool) -> None:
-        if tag == "img":
-            src = dict(attrs).get("src") or ""
-            if src.startswith(public_url("e/o/")):
-                self.has_pixel = True
-            return
-        if tag not in LINK_TAGS and not (self.in_comment and tag.startswith("v:")):
-            return
-        for index, (name, value) in enumerate(attrs):
-            if name == "href" and value and _is_tracked_destination(value.strip()):
-                raw = self.get_starttag_text() or ""
-                start = self._offset()
-                if self.source.startswith(raw, start):
-                    self.links.append((start, start + len(raw), tag, attrs, closed, index))
+    def _run(self, source: str, in_comment: bool, untracked: tuple[str, ...], pixel_prefix: str) -> None:
+        pos = 0
+        search = _MARKUP.search
+        while True:
+            match = search(source, pos)
+            if match is None:
                 return
+            i = match.start()
+            comment, marked, declaration, end_tag, tag = match.groups()
+            if comment:
+                close = _COMMENT_END.search(source, i + 4)
+                if close is None:
+                    pos = _skip_incomplete(source, i)
+                    continue
+                data = source[i + 4:close.start()]
+                # Outlook's conditional comments hold real markup (VML buttons with their own href).
+                if data.lstrip().lower().startswith("[if"):
+                    self.comments.append((i + 4, data))
+                pos = close.end()
+                continue
+            if marked:
+                keyword = source[i + 3:i + 9].lower()
+                closer = _MARKED_END if keyword.startswith(("if", "else", "endif")) else _CDATA_MARKED_END
+                close = closer.search(source, i + 3)
+                if close is None:
+                    pos = _skip_incomplete(source, i)
+                    continue
+                pos = close.end()
+                continue
+            if declaration:  # <!doctype …>, a bogus comment, <?…>: up to the next ">"
+                close = source.find(">", i + 2)
+                pos = close + 1 if close >= 0 else _skip_incomplete(source, i)
+                continue
+            if end_tag:
+                gt = source.find(">", i + 1)
+                if gt < 0:
+                    pos = _skip_incomplete(source, i)
+                    continue
+                whole = _END_TAG.match(source, i)
+                if whole:
+                    tag, pos = whole.group(1), gt + 1
+                else:
+                    name = _TAG_NAME.match(source, i + 2)
+                    if name is None:
+                        close = source.find(">", i + 2)
+                        pos = i + 3 if source.startswith("</>", i) else close + 1
+                        continue
+                    tag, pos = name.group(1), source.find(">", name.end()) + 1
+                if tag.lower() == "body":
+                    self.body_end = i
+                continue
+            tag = tag.lower()
+            wanted = tag in _WANTED_TAGS or (in_comment and tag.startswith("v:"))
+            if not wanted:
+                # Without a quote or "<" before its first ">", a tag ends at or before that ">"
+                # and nothing between starts markup: go on from there.
+                gt = source.find(">", i)
+                if gt > 0 and not _QUOTE_OR_LT.search(source, i + 1, gt):
+                    pos = gt + 1
+                    continue
+            end = _tag_end(source, i)
+            if end < 0:
+                pos = _skip_incomplete(source, i)
+                continue
+            pos = end
+            if not wanted:
+                continue
+            attrs = []
+            k = _TAG_NAME.match(source, i + 1).end()
+            while k < end:
+                attr = _ATTR.match(source, k)
+                if not attr:
+                    break
+                attr_name, rest, value = attr.group(1, 2, 3)
+                if not rest:
+                    value = None
+                elif value[:1] == "'" == value[-1:] or value[:1] == '"' == value[-1:]:
+                    value = value[1:-1]
+                if value:
+                    value = unescape(value)
+                attrs.append((attr_name.lower(), value))
+                k = attr.end()
+            rest_of_tag = source[k:end].strip()
+            if rest_of_tag not in (">", "/>"):
+                continue  # html.parser reads this as text
+            closed = rest_of_tag.endswith("/>")
+            if tag in _CDATA_ELEMENTS:
+                if not closed:
+                    close = _CDATA_END[tag].search(source, end)
+                    if close is None:
+                        return
+                    pos = close.start()
+                continue
+            if tag == "img":
+                src = dict(attrs).get("src") or ""
+                if src.startswith(pixel_prefix):
+                    self.has_pixel = True
+                continue
+            for index, (attr_name, value) in enumerate(attrs):
+                if attr_name == "href" and value and _is_tracked_destination(value.strip(), untracked):
+                    self.links.append((i, end, tag, attrs, closed, index))
+                    break
 
-    def handle_starttag(self, tag, attrs):
-        self._tag(tag, attrs, False)
 
-    def handle_startendtag(self, tag, attrs):
-        self._tag(tag, attrs, True)
-
-    def handle_endtag(self, tag):
-        if tag == "body":
-            self.body_end = self._offset()
-
-    def handle_comment(self, data):
-        # Outlook's conditional comments hold real markup (VML buttons with their own href).
-        if data.lstrip().lower().startswith("[if"):
-            start = self._offset() + 4  # after "<!--"
-            if self.source.startswith(data, start):
-                self.comments.append((start, data))
-
-
-def _scan(source: str, *, in_comment: bool = False) -> _LinkScanner:
-    scanner = _LinkScanner(source, in_comment=in_comment)
-    scanner.feed(source)
-    scanner.close()
-    return scanner
-
-
-def _html_edits(html: str) -> tuple[list[tuple[int, int, str, list, bool, int]], _LinkScanner]:
-    scanner = _scan(html)
+def _html_edits(html: str, untracked: tuple[str, ...], pixel_prefix: str) -> tuple[list, _Scan]:
+    scanner = _Scan(html, untracked=untracked, pixel_prefix=pixel_prefix)
     links = list(scanner.links)
     for offset, text in scanner.comments:
-        inner = _scan(text, in_comment=True)
+        inner = _Scan(text, in_comment=True, untracked=untracked, pixel_prefix=pixel_prefix)
         links.extend((offset + s, offset + e, tag, attrs, closed, i) for s, e, tag, attrs, closed, i in inner.links)
     links.sort(key=lambda link: link[0])
     return links, scanner
 
 
-def _text_links(text: str) -> list[tuple[int, int, str]]:
+def _text_links(text: str, untracked: tuple[str, ...]) -> list[tuple[int, int, str]]:
     found = []
     for match in TEXT_URL.finditer(text):
         url = match.group(0).rstrip(TRAILING)
-        if _is_tracked_destination(url):
+        if _is_tracked_destination(url, untracked):
             found.append((match.start(), match.start() + len(url), url))
     return found
 
@@ -168,16 +295,18 @@ def links_track(*, html: str, text: str, message) -> tuple[str, str]:
     content = message.template.slug if message.template_id else ""
     html = html or ""
     text = text or ""
-    links, scanner = _html_edits(html)
-    text_links = _text_links(text)
+    untracked = _untracked_prefixes()
+    links, scanner = _html_edits(html, untracked, public_url("e/o/"))
+    text_links = _text_links(text, untracked)
     destinations = {attrs[i][1].strip() for *_, attrs, _closed, i in links}
     count = len(destinations) if destinations else len({url for *_, url in text_links})
     tokens: dict[str, str] = {}
+    click_base = public_url("e/c/")
 
     def tracked(url: str) -> str:
         if url not in tokens:
             destination = utm_add(url, campaign=campaign, content=content)
-            tokens[url] = public_url("e/c/" + token_make("click", {"m": message.pk, "u": destination, "n": count}))
+            tokens[url] = click_base + token_make("click", {"m": message.pk, "u": destination, "n": count})
         return tokens[url]
 
     out, last = [], 0
@@ -337,8 +466,11 @@ def click_destination(token: str) -> tuple[dict, str]:
     URL this site signed (so the redirect can never be used to send people elsewhere)."""
     payload = token_read("click", token)
     destination = payload.get("u")
-    if not isinstance(destination, str) or urlsplit(destination).scheme.lower() not in ("http", "https") \
-            or not urlsplit(destination).netloc:
+    try:
+        parts = urlsplit(destination) if isinstance(destination, str) else None
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         raise BadToken("this link is not valid")
     return payload, destination
 
