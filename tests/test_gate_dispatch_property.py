@@ -10,7 +10,6 @@ template version, so it goes the whole way: claim, gate, render, sign, SMTP.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import Counter
 
 import pytest
