@@ -9,7 +9,7 @@ INSERT … SELECT generate_series in chunks, then ANALYZE. Then times, in this p
 "SaaS companies with 50-500 employees, engagement over 40, downloaded the pricing guide in the last
 30 days, visited the pricing page at least 3 times, not customers":
 
-1. full evaluation: `Contact.objects.filter(workspace).filter(filter_q(...))` `.count()` and the id
+1. full evaluation: `Contact.objects.filter(workspace).filter(per_row(filter_q(...)))` `.count()` and the id
    list (what the membership full evaluation reads); EXPLAIN ANALYZE printed if over target;
 2. `segment_preview` (count and a sample of 20);
 4. `segment_create` of the dynamic segment (first full evaluation with membership writes);
@@ -167,7 +167,7 @@ def main() -> int:
         from leadflow.core import clock
         from leadflow.core.services import workspace_create
         from leadflow.segments import processing
-        from leadflow.segments.compiler import filter_q
+        from leadflow.segments.compiler import filter_q, per_row
         from leadflow.segments.language import filter_parse
         from leadflow.segments.models import SegmentMember
         from leadflow.segments.preview import segment_preview
@@ -220,7 +220,7 @@ def main() -> int:
         flt = filter_parse(DEFINITION, workspace_id=workspace.pk)
         now = clock.now()
         matching = Contact.objects.filter(workspace_id=workspace.pk).filter(
-            filter_q(flt, workspace_id=workspace.pk, now=now))
+            per_row(filter_q(flt, workspace_id=workspace.pk, now=now)))  # as membership evaluates it
         started = time.perf_counter()
         count = matching.count()
         count_seconds = time.perf_counter() - started

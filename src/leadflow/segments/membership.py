@@ -168,11 +168,8 @@ def _diff(segment: Segment, condition: Q, scope: Q | None, ids: list[int] | None
     contacts = Contact.objects.filter(workspace_id=segment.workspace_id)
     members = SegmentMember.objects.filter(segment=segment)
     if ids is not None:
-        from leadflow.segments.compiler import per_row
-
         contacts = contacts.filter(pk__in=ids)
         members = members.filter(contact_id__in=ids)
-        condition = per_row(condition)
     elif scope is not None:
         contacts = contacts.filter(scope)
         members = members.filter(contact__in=Contact.objects.filter(workspace_id=segment.workspace_id)
@@ -191,7 +188,9 @@ def segment_reevaluate(*, segment: Segment, now: dt.datetime, ids: list[int] | N
     rows before anything is written (for passes that run beside the pipeline)."""
     if segment.kind != DYNAMIC or segment.archived_at is not None:
         return [], []
-    condition = segment_q(segment, now=now)
+    from leadflow.segments.compiler import per_row
+
+    condition = per_row(segment_q(segment, now=now))
     entered, exited = _diff(segment, condition, scope, ids)
     if verify and (entered or exited):
         changed = sorted(entered | exited)

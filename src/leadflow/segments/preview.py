@@ -21,7 +21,7 @@ from django.db.models.functions import Mod
 from leadflow.contacts.models import Contact
 from leadflow.core import clock
 from leadflow.core.models import Workspace
-from leadflow.segments.compiler import filter_q
+from leadflow.segments.compiler import filter_q, per_row
 from leadflow.segments.language import filter_parse
 
 # How long the exact count may take before the estimate is used instead.
@@ -114,8 +114,7 @@ def segment_preview(*, workspace: Workspace, definition: object, limit: int = 20
     budget = EXACT_BUDGET_SECONDS if budget_seconds is None else budget_seconds
     started = time.perf_counter()
     contacts = Contact.objects.filter(workspace_id=workspace.id)
-    condition = filter_q(flt, workspace_id=workspace.id, now=clock.now())
-    matching = contacts.filter(condition)
+    matching = contacts.filter(per_row(filter_q(flt, workspace_id=workspace.id, now=clock.now())))
     try:
         with _time_limit(budget):
             rows = _rows(matching, limit)
