@@ -25,7 +25,7 @@ from leadflow.segments.compiler import filter_q, per_row
 from leadflow.segments.language import filter_parse
 
 # How long the exact count may take before the estimate is used instead.
-EXACT_BUDGET_SECONDS = 1.0
+EXACT_BUDGET_SECONDS = 0.5
 # The estimate evaluates the filter on about this many contacts.
 SAMPLE_TARGET = 30_000
 
