@@ -35,6 +35,8 @@ import logging
 import socket
 import ssl
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -295,3 +297,28 @@ class SmtpSink:
             if auth_data.login.decode() == self.auth[0] and auth_data.password.decode() == self.auth[1]:
                 return AuthResult(success=True, auth_data=auth_data.login)
         return AuthResult(success=False, handled=False)
+
+
+class NoWait:
+    """A monotonic clock and sleep for the dispatcher's rate limiter that never really waits."""
+
+    now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@contextmanager
+def dispatching_to_sink(public_url: str = "https://lf.example.com") -> Iterator[SmtpSink]:
+    """A running sink, LEADFLOW_PUBLIC_URL set, and a dispatcher runtime that never sleeps."""
+    from django.test import override_settings
+
+    from leadflow.messaging import dispatch
+
+    with SmtpSink() as server, override_settings(PUBLIC_URL=public_url):
+        timer = NoWait()
+        with dispatch.runtime_use(dispatch.Runtime(monotonic=timer.monotonic, sleep=timer.sleep)):
+            yield server

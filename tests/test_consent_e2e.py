@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.test import Client, override_settings
+from django.test import Client
 
 from leadflow.consent import services
 from leadflow.consent.models import ConsentRecord
@@ -18,7 +18,7 @@ from leadflow.messaging.models import Message, Template, TemplateVersion
 from leadflow.messaging.outbox import message_queue
 from leadflow.messaging.sending import messaging_settings_update, sending_server_create
 
-from smtp_sink import SmtpSink
+from smtp_sink import dispatching_to_sink
 
 pytestmark = pytest.mark.django_db
 
@@ -27,22 +27,10 @@ HTML = """<p>Hi {{ contact.first_name }}, our next webinar is on Thursday.</p>
 <p>{{ postal_address }} · <a href="{{ unsubscribe_url }}">Unsubscribe</a></p>"""
 
 
-class NoWait:
-    now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def sink():
-    with SmtpSink() as server, override_settings(PUBLIC_URL=PUBLIC):
-        timer = NoWait()
-        with dispatch.runtime_use(dispatch.Runtime(monotonic=timer.monotonic, sleep=timer.sleep)):
-            yield server
+    with dispatching_to_sink(PUBLIC) as server:
+        yield server
 
 
 def _text_of(received) -> str:

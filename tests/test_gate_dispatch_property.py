@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 
 from leadflow.core import clock
@@ -22,28 +21,16 @@ from leadflow.messaging.models import Message, MessagingSettings, SendingServer,
 from leadflow.messaging.tokens import verp_read
 
 from gate_reference import reference_allowed_at, reference_blocked, reference_facts
-from smtp_sink import SmtpSink
+from smtp_sink import dispatching_to_sink
 from test_gate_property import _build, scenario
 
 HTML = "<p>Hi {{ contact.first_name | default('there') }}</p><p><a href='{{ unsubscribe_url }}'>Unsubscribe</a></p>"
 
 
-class NoWait:
-    now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def sink():
-    with SmtpSink() as server, override_settings(PUBLIC_URL="https://lf.example.com"):
-        timer = NoWait()
-        with dispatch.runtime_use(dispatch.Runtime(monotonic=timer.monotonic, sleep=timer.sleep)):
-            yield server
+    with dispatching_to_sink("https://lf.example.com") as server:
+        yield server
 
 
 def _message_of(received) -> int:

@@ -20,6 +20,27 @@ class ServiceError(ValueError):
     """A request that cannot be carried out; the message is shown to the user as is."""
 
 
+def name_clean(name: object, *, what: str, max_length: int = 200) -> str:
+    """A display name: required, inner whitespace collapsed, at most `max_length` characters."""
+    if not isinstance(name, str) or not name.strip():
+        raise ServiceError(f"a {what} needs a name")
+    name = " ".join(name.split())
+    if len(name) > max_length:
+        raise ServiceError(f"name: at most {max_length} characters")
+    return name
+
+
+def slug_unique(*, model, workspace_id: int, name: str, fallback: str) -> str:
+    """A slug for `name` not yet used by `model` rows of the workspace (`name`, `name-2`, …)."""
+    base = slugify(name)[:90] or fallback
+    taken = set(model.objects.filter(workspace_id=workspace_id, slug__startswith=base)
+                .values_list("slug", flat=True))
+    slug, n = base, 2
+    while slug in taken:
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
 def key_hash(raw: str) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 

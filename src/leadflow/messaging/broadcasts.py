@@ -38,12 +38,11 @@ from collections import defaultdict
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import Lower, Trim
-from django.utils.text import slugify
 
 from leadflow.contacts.models import Contact
 from leadflow.core import clock
 from leadflow.core.models import Workspace
-from leadflow.core.services import ServiceError, audit_record
+from leadflow.core.services import ServiceError, audit_record, name_clean, slug_unique
 from leadflow.messaging import abtest, outbox
 from leadflow.messaging.models import (
     Broadcast,
@@ -92,22 +91,11 @@ UNSET = _Unset()  # "leave as it is" for broadcast_update (None means "clear")
 # --- checks ---------------------------------------------------------------------------------------
 
 def _name(name: object) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ServiceError("a broadcast needs a name")
-    name = " ".join(name.split())
-    if len(name) > MAX_NAME:
-        raise ServiceError(f"name: at most {MAX_NAME} characters")
-    return name
+    return name_clean(name, what="broadcast", max_length=MAX_NAME)
 
 
 def _unique_slug(workspace_id: int, name: str) -> str:
-    base = slugify(name)[:90] or "broadcast"
-    taken = set(Broadcast.objects.filter(workspace_id=workspace_id, slug__startswith=base)
-                .values_list("slug", flat=True))
-    slug, n = base, 2
-    while slug in taken:
-        slug, n = f"{base}-{n}", n + 1
-    return slug
+    return slug_unique(model=Broadcast, workspace_id=workspace_id, name=name, fallback="broadcast")
 
 
 def _template_check(workspace_id: int, template: Template | None, what: str = "template") -> Template:

@@ -13,13 +13,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from django.db import IntegrityError, transaction
-from django.utils.text import slugify
 
 from leadflow.contacts import hygiene
 from leadflow.contacts.models import Contact, ContactMerge, Identity
 from leadflow.core import clock
 from leadflow.core.models import Workspace
-from leadflow.core.services import ServiceError, audit_record
+from leadflow.core.services import ServiceError, audit_record, name_clean, slug_unique
 from leadflow.segments import membership
 from leadflow.segments.models import Segment, SegmentVersion
 
@@ -36,22 +35,11 @@ def _definition_check(*, workspace_id: int, definition: object, segment_slug: st
 
 
 def _name(name: object) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ServiceError("a segment needs a name")
-    name = " ".join(name.split())
-    if len(name) > MAX_NAME:
-        raise ServiceError(f"name: at most {MAX_NAME} characters")
-    return name
+    return name_clean(name, what="segment", max_length=MAX_NAME)
 
 
 def _unique_slug(workspace_id: int, name: str) -> str:
-    base = slugify(name)[:90] or "segment"
-    taken = set(Segment.objects.filter(workspace_id=workspace_id, slug__startswith=base)
-                .values_list("slug", flat=True))
-    slug, n = base, 2
-    while slug in taken:
-        slug, n = f"{base}-{n}", n + 1
-    return slug
+    return slug_unique(model=Segment, workspace_id=workspace_id, name=name, fallback="segment")
 
 
 def segment_create(*, workspace: Workspace, name: str, kind: str, definition: object = None,
