@@ -213,8 +213,9 @@ def test_the_gate_blocks_and_defers_before_anything_is_sent(ws, sink, fake_time,
     assert blocked.status == "blocked" and blocked.error
     assert deferred.status == "deferred" and deferred.not_before == frozen_clock.current.replace(hour=10)
     assert deferred.attempts == 0
-    assert MessageEvent.objects.filter(message=blocked, kind="blocked").exists()
-    assert MessageEvent.objects.filter(message=deferred, kind="deferred").exists()
+    assert MessageEvent.objects.get(message=blocked, kind="blocked").detail["reason"] == blocked.error
+    deferral = MessageEvent.objects.get(message=deferred, kind="deferred").detail
+    assert deferral["reason"] == deferred.error and deferral["until"] == deferred.not_before.isoformat()
     frozen_clock.set(frozen_clock.current.replace(hour=10, minute=1))
     dispatch.dispatch_run()
     assert sink.recipients() == ["p2@example.org"] and statuses(blocked, deferred) == ["blocked", "sent"]

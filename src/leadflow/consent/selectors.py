@@ -141,15 +141,6 @@ def suppression_counts(*, workspace_id: int) -> dict[str, int]:
     return {r["reason"]: r["n"] for r in rows}
 
 
-def contact_consent_history(*, contact) -> QuerySet:
-    return ConsentRecord.objects.filter(workspace_id=contact.workspace_id, contact_id=contact.pk).order_by("-at", "-pk")
-
-
-def topics_in_use(*, workspace_id: int, slugs: list[str]) -> set[str]:
-    """Which of `slugs` exist as topics (archived or not)."""
-    return set(Topic.objects.filter(workspace_id=workspace_id, slug__in=slugs).values_list("slug", flat=True))
-
-
 def messages_on_topic(*, workspace_id: int, slug: str) -> int:
     """Queued or deferred messages on a topic (archiving it blocks them at dispatch)."""
     from leadflow.messaging.models import Message

@@ -49,7 +49,7 @@ from django.db.models import Case, IntegerField, Value, When
 from leadflow.config import ConfigError, env_int
 from leadflow.core import clock
 from leadflow.messaging import mime, smtp
-from leadflow.messaging.events import message_event_record
+from leadflow.messaging.events import message_event_record, message_events_record_bulk
 from leadflow.messaging.models import (Broadcast, BroadcastStatus, Message, MessageEventKind, MessageKind,
                                        MessageStatus, SendingDomain, SendingServer)
 
@@ -264,14 +264,7 @@ def _mark_sent(messages: list[Message]) -> None:
 
 
 def _record_sent(messages: list[Message], at: dt.datetime) -> None:
-    from leadflow.messaging import events
-
-    bulk = getattr(events, "message_events_record_bulk", None)
-    if bulk is not None:
-        bulk(messages=messages, kind=MessageEventKind.SENT, at=at)
-        return
-    for message in messages:
-        message_event_record(message=message, kind=MessageEventKind.SENT, at=at)
+    message_events_record_bulk(messages=messages, kind=MessageEventKind.SENT, at=at)
 
 
 # --- step 1: the stale ---------------------------------------------------------------------------
@@ -306,12 +299,9 @@ def _server_state(server: SendingServer, now: dt.datetime) -> str:
 
 
 def _gate(messages: list[Message], now: dt.datetime) -> list:
-    from leadflow.consent import gate
+    from leadflow.consent.gate import gate_check_many
 
-    many = getattr(gate, "gate_check_many", None)
-    if many is not None:
-        return list(many(messages=messages, now=now))
-    return [gate.gate_check(message=m, now=now) for m in messages]
+    return list(gate_check_many(messages=messages, now=now))
 
 
 def _claim(*, now: dt.datetime, limit: int, rt: Runtime) -> tuple[list[tuple[SendingServer, list[Message]]], int]:
@@ -369,6 +359,7 @@ def _claim(*, now: dt.datetime, limit: int, rt: Runtime) -> tuple[list[tuple[Sen
             chosen.append((message, server))
         decisions = _gate([m for m, _ in chosen], now) if chosen else []
         sendable: dict[int, list[Message]] = {}
+        deferred, deferred_details, blocked, blocked_details = [], [], [], []
         for (message, server), decision in zip(chosen, decisions):
             if decision.action == "send":
                 message._lf_previous_status = message.status
@@ -377,15 +368,19 @@ def _claim(*, now: dt.datetime, limit: int, rt: Runtime) -> tuple[list[tuple[Sen
             gated += 1
             if decision.action == "defer":
                 until = decision.until if decision.until and decision.until > now else now + dt.timedelta(minutes=1)
-                message.status, message.not_before, message.error = MessageStatus.DEFERRED, until, decision.reason
-                message.save(update_fields=["status", "not_before", "error"])
-                message_event_record(message=message, kind=MessageEventKind.DEFERRED, at=now,
-                                     detail={"reason": decision.reason, "until": until.isoformat(), "gate": True})
+                message.status, message.not_before, message.error = MessageStatus.DEFERRED, until, decision.reason[:500]
+                deferred.append(message)
+                deferred_details.append({"reason": decision.reason, "until": until.isoformat(), "gate": True})
             else:
                 message.status, message.error = MessageStatus.BLOCKED, decision.reason[:500]
-                message.save(update_fields=["status", "error"])
-                message_event_record(message=message, kind=MessageEventKind.BLOCKED, at=now,
-                                     detail={"reason": decision.reason})
+                blocked.append(message)
+                blocked_details.append({"reason": decision.reason})
+        # A broadcast to a list with many unsubscribed people blocks thousands at once: a few
+        # statements per batch, not a few per message.
+        Message.objects.bulk_update(deferred, ["status", "not_before", "error"], batch_size=500)
+        Message.objects.bulk_update(blocked, ["status", "error"], batch_size=500)
+        message_events_record_bulk(messages=deferred, kind=MessageEventKind.DEFERRED, at=now, details=deferred_details)
+        message_events_record_bulk(messages=blocked, kind=MessageEventKind.BLOCKED, at=now, details=blocked_details)
         for message in wrong_server:
             gated += 1
             reason = "the message's sending server belongs to another workspace"
@@ -446,11 +441,9 @@ class _Senders:
 
 
 def _render_prefetch(messages: list[Message]) -> None:
-    from leadflow.messaging import rendering
+    from leadflow.messaging.rendering import messages_render_prefetch
 
-    prefetch = getattr(rendering, "messages_render_prefetch", None)
-    if prefetch is not None:
-        prefetch(messages=messages)
+    messages_render_prefetch(messages=messages)
 
 
 def _prepare(message: Message, senders: _Senders, now: dt.datetime) -> tuple[mime.Built, str] | Outcome:

@@ -89,11 +89,13 @@ def message_event_record(*, message: Message, kind: str, at: dt.datetime | None 
     return row
 
 
-def message_events_record_bulk(*, messages: list[Message], kind: str, at: dt.datetime | None = None) -> int:
-    """`message_event_record` for many messages at once (the dispatcher's `sent`), in a fixed
-    number of statements: one insert of the rows, one update per first-time column, one append
-    of the log events. Only for kinds that are not a person's action (they never go through the
-    pipeline). Returns the number of rows written."""
+def message_events_record_bulk(*, messages: list[Message], kind: str, at: dt.datetime | None = None,
+                               details: list[dict] | None = None) -> int:
+    """`message_event_record` for many messages at once (the dispatcher's sent, deferred and
+    blocked), in a fixed number of statements: one insert of the rows, one update per first-time
+    column, one append of the log events. `details`, when given, is each message's detail, in
+    order. Only for kinds that are not a person's action (they never go through the pipeline).
+    Returns the number of rows written."""
     from leadflow.contacts.models import Contact
     from leadflow.tracking.system_events import system_events_append
 
@@ -103,8 +105,9 @@ def message_events_record_bulk(*, messages: list[Message], kind: str, at: dt.dat
         return 0
     at = at or clock.now()
     rows = MessageEvent.objects.bulk_create(
-        [MessageEvent(workspace_id=m.workspace_id, message=m, contact_id=m.contact_id, kind=kind, at=at)
-         for m in messages])
+        [MessageEvent(workspace_id=m.workspace_id, message=m, contact_id=m.contact_id, kind=kind, at=at,
+                      detail=details[i] if details else {})
+         for i, m in enumerate(messages)])
     column = FIRST_TIME.get(kind)
     if column:
         Message.objects.filter(pk__in=[m.pk for m in messages], **{f"{column}__isnull": True}).update(**{column: at})

@@ -366,10 +366,6 @@ def _default_lookup(name: str, rdtype: str) -> list[str]:
     return values
 
 
-def _norm(value: str) -> str:
-    return " ".join(value.replace(";", "; ").split()).lower().rstrip(";")
-
-
 def dns_check(*, domain: SendingDomain, lookup: Callable[[str, str], list[str]] | None = None) -> list[DnsRecord]:
     """The checklist with what DNS answers for each record (`lookup(name, type)` returns the
     values; by default dnspython's resolver, when it is installed)."""
