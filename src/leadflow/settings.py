@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "leadflow.predictive",
     "leadflow.segments",
     "leadflow.messaging",
+    "leadflow.journeys",
     "leadflow.web",
 ]
 

@@ -40,14 +40,17 @@ def _stages():
     from leadflow.lifecycle.processing import process_events as lifecycle
     from leadflow.predictive.processing import process_events as predictive
     from leadflow.scoring.processing import process_events as scoring
+    from leadflow.journeys.triggers import process_events as journeys
     from leadflow.segments.processing import process_events as segments
 
-    return [identity_and_profile, scoring, predictive, lifecycle, segments]
+    return [identity_and_profile, scoring, predictive, lifecycle, segments, journeys]
 
 
 def _timers():
     """Periodic passes: (name, interval in seconds, function taking `now`). Each runs in its own
     transaction, on one worker at a time, and must be idempotent and set-based."""
+    from leadflow.journeys.health import journeys_health_run
+    from leadflow.journeys.triggers import date_triggers_run
     from leadflow.lifecycle.timers import lifecycle_timers_run
     from leadflow.messaging.bounces import mailbox_poll_run
     from leadflow.messaging.broadcasts import broadcasts_tick
@@ -56,7 +59,8 @@ def _timers():
 
     return [("scoring.decay", 3600, decay_run), ("lifecycle.timers", 60, lifecycle_timers_run),
             ("segments.timers", 300, segments_timers_run), ("messaging.broadcasts", 15, broadcasts_tick),
-            ("messaging.mailbox", 60, mailbox_poll_run)]
+            ("messaging.mailbox", 60, mailbox_poll_run), ("journeys.dates", 3600, date_triggers_run),
+            ("journeys.health", 60, journeys_health_run)]
 
 
 def timers_run(*, force: bool = False) -> list[str]:
@@ -209,6 +213,16 @@ def process_pending(*, max_batches: int | None = None, isolate_failures: bool = 
             return total
 
 
+def journeys_step() -> int:
+    """Advance the journey enrollments that are due (a few passes), then deliver due webhooks
+    (outside any transaction: HTTP must not hold row locks)."""
+    from leadflow.journeys.engine import journeys_run_due
+    from leadflow.journeys.webhooks import webhooks_dispatch
+
+    done = journeys_run_due(max_passes=20)
+    return done + webhooks_dispatch()
+
+
 def email_dispatch() -> int:
     """Send the email that is due (outside any transaction: SMTP must not hold row locks)."""
     from leadflow.messaging.dispatch import dispatch_run
@@ -229,6 +243,7 @@ def worker_loop(*, idle_sleep: float = 0.2, stop: threading.Event | None = None)
         while not stop.is_set():
             try:
                 done = process_pending(max_batches=50)
+                done += journeys_step()
                 done += email_dispatch()
                 if time.monotonic() - timers_checked >= TIMER_CHECK_SECONDS:
                     timers_run()  # each pass has its own interval; this only bounds how often we look

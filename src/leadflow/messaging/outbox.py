@@ -82,29 +82,53 @@ def messages_queue_bulk(*, workspace_id: int, contacts: list[Contact], template:
     """Queue one marketing message per contact (with an address) in a few statements; the dedupe
     key is `dedupe_prefix` + contact id, so running it again for the same people queues nothing
     new. Returns how many rows were new."""
-    now = clock.now()
+    rows = [(c, f"{dedupe_prefix}{c.pk}", context or {}) for c in contacts if c.email.strip()]
+    ids = messages_queue_many(workspace_id=workspace_id, rows=rows, template=template, version=version, topic=topic,
+                              source=source, campaign=campaign, not_before=not_before, server_id=server_id,
+                              broadcast_id=broadcast_id, variant_id=variant_id, new_only=True)
+    return sum(1 for pk in ids if pk is not None)
+
+
+def messages_queue_many(*, workspace_id: int, rows: list[tuple[Contact, str, dict]], template: Template,
+                        version: TemplateVersion, topic: str | None = None, source: str, campaign: str = "",
+                        not_before: dt.datetime | None = None, server_id: int | None = None,
+                        broadcast_id: int | None = None, variant_id: int | None = None,
+                        now: dt.datetime | None = None, new_only: bool = False) -> list[int | None]:
+    """Queue one marketing message per (contact, dedupe key, context) in a few statements per
+    1,000 rows. Returns the message id of each row, in order: the new row's, or the one already
+    queued under the same key (None for those with `new_only`), so a step redone queues nothing
+    twice."""
+    now = now or clock.now()
     if version.status not in SENDABLE:
         raise ServiceError(f"version {version.number} of {template.slug!r} is not approved")
     _check_server(workspace_id, server_id)
-    rows = [Message(workspace_id=workspace_id, contact=c, to_email=c.email.strip(), kind=MessageKind.MARKETING,
-                    topic=topic if topic is not None else template.topic, template=template, version=version,
-                    source=source, campaign=_campaign(template, campaign), context=context or {},
-                    dedupe_key=f"{dedupe_prefix}{c.pk}", not_before=not_before or now, server_id=server_id,
-                    broadcast_id=broadcast_id, variant_id=variant_id, queued_at=now)
-            for c in contacts if c.email.strip()]
-    created = 0
+    out: list[int | None] = []
     for start in range(0, len(rows), BATCH):
         chunk = rows[start:start + BATCH]
-        keys = [m.dedupe_key for m in chunk]
+        keys = [key for _, key, _ in chunk]
         # `.exclude(dedupe_key="")` matches the partial unique index, so the lookup can use it.
-        have = set(Message.objects.filter(workspace_id=workspace_id, dedupe_key__in=keys).exclude(dedupe_key="")
-                   .values_list("dedupe_key", flat=True))
-        new = [m for m in chunk if m.dedupe_key not in have]
+        have = dict(Message.objects.filter(workspace_id=workspace_id, dedupe_key__in=keys).exclude(dedupe_key="")
+                    .values_list("dedupe_key", "pk"))
+        new = [Message(workspace_id=workspace_id, contact=c, to_email=c.email.strip(), kind=MessageKind.MARKETING,
+                       topic=topic if topic is not None else template.topic, template=template, version=version,
+                       source=source, campaign=_campaign(template, campaign), context=context,
+                       dedupe_key=key, not_before=not_before or now, server_id=server_id,
+                       broadcast_id=broadcast_id, variant_id=variant_id, queued_at=now)
+               for c, key, context in chunk if key not in have]
         Message.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
-        stored = list(Message.objects.filter(workspace_id=workspace_id, dedupe_key__in=[m.dedupe_key for m in new],
-                                             queued_at=now).exclude(dedupe_key="").values_list("pk", "contact_id"))
+        stored = {key: (pk, contact_id) for key, pk, contact_id in Message.objects.filter(
+            workspace_id=workspace_id, dedupe_key__in=[m.dedupe_key for m in new], queued_at=now)
+            .exclude(dedupe_key="").values_list("dedupe_key", "pk", "contact_id")}
         MessageEvent.objects.bulk_create(
             [MessageEvent(workspace_id=workspace_id, message_id=pk, contact_id=contact_id,
-                          kind=MessageEventKind.QUEUED, at=now) for pk, contact_id in stored], batch_size=BATCH)
-        created += len(stored)
-    return created
+                          kind=MessageEventKind.QUEUED, at=now) for pk, contact_id in stored.values()],
+            batch_size=BATCH)
+        if len(stored) < len(new):  # another worker queued some of them meanwhile
+            have.update(Message.objects.filter(workspace_id=workspace_id, dedupe_key__in=keys)
+                        .exclude(dedupe_key="").values_list("dedupe_key", "pk"))
+        for key in keys:
+            if key in stored:
+                out.append(stored[key][0])
+            else:
+                out.append(None if new_only else have.get(key))
+    return out

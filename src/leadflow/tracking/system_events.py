@@ -14,7 +14,8 @@ def system_events_append(*, workspace_id: int, now: dt.datetime, items: list[tup
     contact in the same transaction: identity resolution has nothing to learn from them, and
     running them through the pipeline would count them as the person's activity (last seen,
     engagement). Message ids are derived from the row that caused them, so appending again is a
-    no-op. Segments and journeys read them from the log by name.
+    no-op. Segments read them from the log by name; journeys are told at once (triggers, goals,
+    waits for an event), in this transaction.
     """
     from leadflow.contacts.models import Identity
     from leadflow.contacts.processing import rows_update
@@ -47,3 +48,8 @@ def system_events_append(*, workspace_id: int, now: dt.datetime, items: list[tup
         event.contact_id = contact_of[event.message_id]
         event.processed_at = now
     rows_update(Event, appended, ["contact", "processed_at"])
+    from leadflow.journeys.triggers import system_events_seen
+
+    names = {m["messageId"]: (m["event"], m["properties"]) for m in messages}
+    system_events_seen(workspace_id=workspace_id, now=now, appended=[
+        (event.pk, event.contact_id, *names[event.message_id]) for event in appended])

@@ -1,0 +1,416 @@
+"""Who enters a journey, who wakes up, who converts: the journeys stage of the pipeline.
+
+Events reach journeys two ways, both inside the transaction that records them:
+
+- the people's own events, as the last stage of every pipeline batch (`process_events`), after
+  scoring, lifecycle and segments have updated the profiles the filters read;
+- LeadFlow's own events (`Segment Entered`, `Lifecycle Stage Changed`, `Email Clicked`…), which
+  are appended already processed and never pass a batch, from `system_events_append`
+  (`system_events_seen`). When the engine itself causes them (a stage step), they are handled
+  once the engine's pass has written its enrollments.
+
+For each event: waiting enrollments whose `wait_for_event` it matches are woken; event goals and
+exit rules take people out; triggers enter people (entry filter and re-entry policy applied, one
+query each per journey); then filter goals are checked for the contacts touched. Entry is
+idempotent: an enrollment's `entry_key` says what let it in (the event id, `once`, the period),
+and a unique constraint makes a redone batch enter nobody twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from collections import defaultdict
+
+from django.db.models import Q
+
+from leadflow.contacts.models import Contact
+from leadflow.core import clock
+from leadflow.core.services import ServiceError
+from leadflow.journeys import language as lang
+from leadflow.journeys.engine import ARRIVE, EVENT, end, version_definition
+from leadflow.journeys.models import (Enrollment, EnrollmentState, EnrollmentStep, Journey, JourneyStatus,
+                                      StepKind, TriggerState)
+
+SEGMENT_ENTERED, SEGMENT_EXITED = "Segment Entered", "Segment Exited"
+STAGE_CHANGED = "Lifecycle Stage Changed"
+FORM_SUBMITTED, FORM_PROPERTY = "Form Submitted", "form_slug"
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """An event as journeys see it."""
+
+    id: int
+    contact_id: int
+    name: str
+    properties: dict
+    timestamp: dt.datetime
+    type: str = "track"
+
+
+@dataclasses.dataclass
+class Live:
+    journey: Journey
+    definition: lang.Definition
+
+
+def live_journeys(workspace_id: int) -> list[Live]:
+    """The workspace's live journeys with their published definitions (one query)."""
+    return [Live(j, version_definition(j.version)) for j in
+            Journey.objects.filter(workspace_id=workspace_id, status=JourneyStatus.LIVE, version__isnull=False)
+            .select_related("version").order_by("pk")]
+
+
+def where_matches(conditions, properties: dict, now: dt.datetime) -> bool:
+    """Whether an event's properties meet property conditions (the filter language's semantics)."""
+    from leadflow.segments.evaluator import EventFacts, _field_matches
+
+    if not conditions:
+        return True
+    facts = EventFacts(type="track", event="", properties=properties or {}, context={}, timestamp=now)
+    return all(_field_matches(c, facts=None, event=facts, now=now) for c in conditions)
+
+
+def _trigger_matches(trigger, record: Record, now: dt.datetime) -> bool:
+    props = record.properties or {}
+    if isinstance(trigger, lang.EventTrigger):
+        return record.name == trigger.event and where_matches(trigger.where, props, now)
+    if isinstance(trigger, lang.FormSubmittedTrigger):
+        return record.name == FORM_SUBMITTED and props.get(FORM_PROPERTY) == trigger.form_submitted
+    if isinstance(trigger, lang.SegmentEnteredTrigger):
+        return record.name == SEGMENT_ENTERED and props.get("segment") == trigger.segment_entered
+    if isinstance(trigger, lang.SegmentExitedTrigger):
+        return record.name == SEGMENT_EXITED and props.get("segment") == trigger.segment_exited
+    if isinstance(trigger, lang.StageTrigger):
+        return (record.name == STAGE_CHANGED and (not trigger.to or props.get("to") in trigger.to)
+                and (not trigger.from_ or props.get("from") in trigger.from_))
+    return False
+
+
+# --- entering -----------------------------------------------------------------------------------
+
+def _period_key(definition: lang.Definition, now: dt.datetime) -> str:
+    days = definition.reentry_days or 1
+    return f"p{math.floor(now.timestamp() / 86400 / days)}"
+
+
+def enroll(*, journey: Journey, definition: lang.Definition, entries: list[tuple[Contact, str, dict]],
+           now: dt.datetime, check_entry: bool = True) -> list[Enrollment]:
+    """Enter people (contact, what let them in, context) into a live journey's published version,
+    subject to its entry filter and re-entry policy. Returns the new enrollments."""
+    if not entries:
+        return []
+    first: dict[int, tuple[Contact, str, dict]] = {}
+    for contact, key, context in entries:
+        first.setdefault(contact.pk, (contact, key, context))  # one entry per person per batch
+    ids = sorted(first)
+    if check_entry and definition.entry is not None:
+        from leadflow.journeys.goals import _filter_hits
+
+        allowed = _filter_hits(journey.workspace_id, definition.entry.flt, ids, now)
+        ids = [i for i in ids if i in allowed]
+    if not ids:
+        return []
+    policy = definition.reentry
+    if policy in ("not_while_in", "once_per_period"):
+        busy = Enrollment.objects.filter(journey=journey, contact_id__in=ids)
+        busy = (busy.filter(state=EnrollmentState.ACTIVE) if policy == "not_while_in" else
+                busy.filter(entered_at__gt=now - dt.timedelta(days=definition.reentry_days)))
+        taken = set(busy.values_list("contact_id", flat=True))
+        ids = [i for i in ids if i not in taken]
+
+    def key_of(key: str) -> str:
+        if policy == "once":
+            return "once"
+        if policy == "once_per_period":
+            return _period_key(definition, now)
+        return key[:100]
+
+    rows = [Enrollment(workspace_id=journey.workspace_id, journey=journey, version_id=journey.version_id,
+                       contact_id=i, node=definition.start_id, state=EnrollmentState.ACTIVE, due_at=now,
+                       resume=ARRIVE, entry_key=key_of(first[i][1]), data=_context(first[i][2]),
+                       entered_at=now, updated_at=now) for i in ids]
+    Enrollment.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
+    made = list(Enrollment.objects.filter(journey=journey, contact_id__in=ids, entered_at=now,
+                                          entry_key__in={r.entry_key for r in rows}, steps=0))
+    EnrollmentStep.objects.bulk_create(
+        [EnrollmentStep(workspace_id=e.workspace_id, journey_id=e.journey_id, enrollment_id=e.pk,
+                        contact_id=e.contact_id, node=e.node, kind=StepKind.ENTERED, at=now,
+                        detail={"entry": e.entry_key, "version": journey.version.number if journey.version else None})
+         for e in made], batch_size=1000)
+    if made:
+        Journey.objects.filter(pk=journey.pk).update(last_entry_at=now)
+    return made
+
+
+def _context(context: dict) -> dict:
+    return {k: v for k, v in (context or {}).items() if v is not None}
+
+
+def journey_by_slug(workspace_id: int, slug: str) -> Journey:
+    journey = Journey.objects.filter(workspace_id=workspace_id, slug=slug).select_related("version").first()
+    if journey is None:
+        raise ServiceError(f"there is no journey {slug!r}")
+    return journey
+
+
+def enroll_by_journey(*, workspace_id: int, slug: str, entries: list[tuple[Contact, str, dict]],
+                      now: dt.datetime, check_entry: bool = True) -> list[Enrollment]:
+    """Enter people into the journey `slug` (by hand, the API, another journey). A journey that is
+    not live takes nobody and says so."""
+    journey = journey_by_slug(workspace_id, slug)
+    if journey.status != JourneyStatus.LIVE or journey.version is None:
+        raise ServiceError(f"journey {slug!r} is {journey.status}: only a live journey takes people in")
+    return enroll(journey=journey, definition=version_definition(journey.version), entries=entries, now=now,
+                  check_entry=check_entry)
+
+
+# --- leaving ------------------------------------------------------------------------------------
+
+def enrollments_close(rows: list[Enrollment], *, now: dt.datetime, state: str, reason: str, kind: str,
+                      detail: dict | None = None, credit_last: bool = False) -> int:
+    """End active enrollments (loaded by the caller) with their history rows."""
+    from leadflow.contacts.processing import rows_update
+
+    rows = [e for e in rows if e.state == EnrollmentState.ACTIVE]
+    if not rows:
+        return 0
+    steps = []
+    for e in rows:
+        node = (e.last_node or e.node) if credit_last else e.node
+        steps.append(EnrollmentStep(workspace_id=e.workspace_id, journey_id=e.journey_id, enrollment_id=e.pk,
+                                    contact_id=e.contact_id, node=node, kind=kind, at=now,
+                                    detail={**(detail or {}), "at_node": e.node, "group": e.group or "treated"}))
+        end(e, state, reason, now)
+        e.updated_at = now
+    rows_update(Enrollment, rows, ["state", "end_reason", "ended_at", "due_at", "wait_event", "updated_at"])
+    EnrollmentStep.objects.bulk_create(steps, batch_size=1000)
+    return len(rows)
+
+
+def enrollments_end(*, workspace_id: int, now: dt.datetime, contact_ids: list[int], state: str, reason: str,
+                    journey_slug: str | None = None, journey: Journey | None = None,
+                    exclude_ids: list[int] = ()) -> int:
+    """Take people out of a journey (every active enrollment of theirs in it)."""
+    if journey is None:
+        journey = journey_by_slug(workspace_id, journey_slug)
+    rows = list(Enrollment.objects.select_for_update().filter(journey=journey, contact_id__in=contact_ids,
+                                                              state=EnrollmentState.ACTIVE)
+                .exclude(pk__in=list(exclude_ids)))
+    kind = StepKind.CONVERTED if state == EnrollmentState.CONVERTED else StepKind.EXITED
+    return enrollments_close(rows, now=now, state=state, reason=reason, kind=kind)
+
+
+# --- the events of a batch ------------------------------------------------------------------------
+
+def process_events(events: list) -> int:
+    """The journeys stage: last in every pipeline batch."""
+    by_workspace: dict[int, list[Record]] = defaultdict(list)
+    for event in events:
+        if event.contact_id is None or getattr(event, "error", ""):
+            continue
+        by_workspace[event.workspace_id].append(
+            Record(id=event.pk, contact_id=event.contact_id, name=event.event or "", type=event.type,
+                   properties=event.properties if isinstance(event.properties, dict) else {},
+                   timestamp=event.timestamp))
+    now = clock.now()
+    for workspace_id, records in by_workspace.items():
+        records_process(workspace_id=workspace_id, records=records, now=now, scores=True)
+    return len(events)
+
+
+def system_events_seen(*, workspace_id: int, appended: list[tuple[int, int, str, dict]], now: dt.datetime) -> None:
+    """LeadFlow's own events, just appended: (event id, contact id, name, properties)."""
+    from leadflow.journeys.engine import defer, engine_running
+
+    records = [Record(id=i, contact_id=c, name=n, properties=p or {}, timestamp=now) for i, c, n, p in appended]
+    if not records:
+        return
+    if engine_running():
+        defer(workspace_id, records)
+    else:
+        records_process(workspace_id=workspace_id, records=records, now=now)
+
+
+def records_process(*, workspace_id: int, records: list[Record], now: dt.datetime, scores: bool = False) -> None:
+    journeys = live_journeys(workspace_id)
+    contact_ids = sorted({r.contact_id for r in records})
+    _wake(workspace_id, records, now)
+    if not journeys:
+        return
+    _event_goals(journeys, records, now)
+    for live in journeys:
+        entries = []
+        for r in records:
+            if any(_trigger_matches(t, r, now) for t in live.definition.triggers):
+                entries.append((r.contact_id, f"e{r.id}", {"event": {"name": r.name, "properties": r.properties}}))
+        if entries:
+            contacts = Contact.objects.in_bulk({c for c, _, _ in entries})
+            enroll(journey=live.journey, definition=live.definition, now=now,
+                   entries=[(contacts[c], key, ctx) for c, key, ctx in entries if c in contacts])
+    if scores:
+        _score_crossings(journeys, contact_ids, now)
+    _filter_goals(journeys, contact_ids, now)
+
+
+def _wake(workspace_id: int, records: list[Record], now: dt.datetime) -> None:
+    """Wake enrollments waiting for one of these events (their node's conditions met)."""
+    from leadflow.contacts.processing import rows_update
+    from leadflow.journeys.models import JourneyVersion
+
+    names = {r.name for r in records if r.name}
+    if not names:
+        return
+    waiting = list(Enrollment.objects.filter(workspace_id=workspace_id, state=EnrollmentState.ACTIVE,
+                                             contact_id__in={r.contact_id for r in records},
+                                             wait_event__in=names))
+    if not waiting:
+        return
+    versions = JourneyVersion.objects.in_bulk({e.version_id for e in waiting})
+    by_contact: dict[int, list[Record]] = defaultdict(list)
+    for r in records:
+        by_contact[r.contact_id].append(r)
+    woken = []
+    for e in waiting:
+        node = version_definition(versions[e.version_id]).node(e.node)
+        if not isinstance(node, lang.WaitForEventNode):
+            continue
+        if any(r.name == node.event and where_matches(node.where, r.properties, now) for r in by_contact[e.contact_id]):
+            e.resume, e.wait_event, e.due_at, e.updated_at = EVENT, "", now, now
+            woken.append(e)
+    rows_update(Enrollment, woken, ["resume", "wait_event", "due_at", "updated_at"])
+
+
+def _active_in(journeys: list[Live], contact_ids) -> list[Enrollment]:
+    if not journeys or not contact_ids:
+        return []
+    return list(Enrollment.objects.select_for_update().filter(
+        journey_id__in=[j.journey.pk for j in journeys], contact_id__in=list(contact_ids),
+        state=EnrollmentState.ACTIVE).order_by("pk"))
+
+
+def _event_goals(journeys: list[Live], records: list[Record], now: dt.datetime) -> None:
+    with_events = [j for j in journeys if any(g.event for g in (*j.definition.goals, *j.definition.exit_when))]
+    names = {r.name for r in records}
+    with_events = [j for j in with_events
+                   if any(g.event in names for g in (*j.definition.goals, *j.definition.exit_when))]
+    if not with_events:
+        return
+    by_contact: dict[int, list[Record]] = defaultdict(list)
+    for r in records:
+        by_contact[r.contact_id].append(r)
+    definitions = {j.journey.pk: j.definition for j in with_events}
+    for e in _active_in(with_events, by_contact):
+        definition = definitions[e.journey_id]
+        for key, state, kind in (("goals", EnrollmentState.CONVERTED, StepKind.CONVERTED),
+                                 ("exit_when", EnrollmentState.EXITED, StepKind.EXITED)):
+            goal = next((g for g in getattr(definition, key) if g.event and any(
+                r.name == g.event and where_matches(g.where, r.properties, now) for r in by_contact[e.contact_id])),
+                None)
+            if goal is not None:
+                label = "goal" if kind == StepKind.CONVERTED else "exit rule"
+                enrollments_close([e], now=now, state=state, reason=f"{label}: {goal.name}", kind=kind,
+                                  detail={"goal": goal.name}, credit_last=True)
+                break
+
+
+def _filter_goals(journeys: list[Live], contact_ids: list[int], now: dt.datetime) -> None:
+    from leadflow.journeys.goals import filter_outcomes
+
+    with_filters = [j for j in journeys if any(g.filter for g in (*j.definition.goals, *j.definition.exit_when))]
+    active = _active_in(with_filters, contact_ids)
+    by_journey: dict[int, list[Enrollment]] = defaultdict(list)
+    for e in active:
+        by_journey[e.journey_id].append(e)
+    for live in with_filters:
+        rows = by_journey.get(live.journey.pk)
+        if not rows:
+            continue
+        outcomes = filter_outcomes(live.definition, workspace_id=live.journey.workspace_id,
+                                   contact_ids=sorted({e.contact_id for e in rows}), now=now)
+        for state in (EnrollmentState.CONVERTED, EnrollmentState.EXITED):
+            ending = [e for e in rows if outcomes.get(e.contact_id, ("",))[0] == state]
+            for name in {outcomes[e.contact_id][1] for e in ending}:
+                named = [e for e in ending if outcomes[e.contact_id][1] == name]
+                kind = StepKind.CONVERTED if state == EnrollmentState.CONVERTED else StepKind.EXITED
+                label = "goal" if kind == StepKind.CONVERTED else "exit rule"
+                enrollments_close(named, now=now, state=state, reason=f"{label}: {name}", kind=kind,
+                                  detail={"goal": name}, credit_last=True)
+
+
+def _score_crossings(journeys: list[Live], contact_ids: list[int], now: dt.datetime) -> None:
+    """Score triggers: enter the contacts that crossed from below the threshold to at or above."""
+    for live in journeys:
+        for trigger in live.definition.triggers:
+            if not isinstance(trigger, lang.ScoreTrigger):
+                continue
+            key = f"{trigger.score}>={trigger.at_least:g}"
+            condition = Q(**{f"{trigger.score}__gte": trigger.at_least})
+            above = set(Contact.objects.filter(pk__in=contact_ids).filter(condition).values_list("pk", flat=True))
+            known = set(TriggerState.objects.filter(journey=live.journey, key=key, contact_id__in=contact_ids)
+                        .values_list("contact_id", flat=True))
+            TriggerState.objects.filter(journey=live.journey, key=key,
+                                        contact_id__in=[c for c in known if c not in above]).delete()
+            crossed = sorted(above - known)
+            if not crossed:
+                continue
+            TriggerState.objects.bulk_create([TriggerState(workspace_id=live.journey.workspace_id,
+                                                           journey=live.journey, contact_id=c, key=key, at=now)
+                                              for c in crossed], ignore_conflicts=True)
+            contacts = Contact.objects.in_bulk(crossed)
+            stamp = now.strftime("%Y%m%d%H%M%S%f")
+            enroll(journey=live.journey, definition=live.definition, now=now,
+                   entries=[(contacts[c], f"s{stamp}", {"score": {trigger.score: getattr(contacts[c], trigger.score)}})
+                            for c in crossed])
+
+
+# --- dates ------------------------------------------------------------------------------------------
+
+def date_triggers_run(*, now: dt.datetime, workspace_ids: list[int] | None = None) -> int:
+    """Date triggers: enter the people whose date trait, moved by the offset, is today (UTC) or a
+    day since the last pass. Entry keys name the date, so a day is never entered twice."""
+    from leadflow.core.models import PeriodicRun
+
+    last = PeriodicRun.objects.filter(name="journeys.dates").values_list("last_run_at", flat=True).first()
+    today = now.date()
+    start = max((last.date() if last else today), today - dt.timedelta(days=7))
+    days = [start + dt.timedelta(days=i) for i in range((today - start).days + 1)]
+    query = Journey.objects.filter(status=JourneyStatus.LIVE, version__isnull=False).select_related("version")
+    if workspace_ids is not None:
+        query = query.filter(workspace_id__in=workspace_ids)
+    entered = 0
+    for journey in query:
+        definition = version_definition(journey.version)
+        for trigger in definition.triggers:
+            if not isinstance(trigger, lang.DateTrigger):
+                continue
+            for day in days:
+                wanted = (day - dt.timedelta(days=trigger.offset_days)).isoformat()
+                contacts = list(Contact.objects.filter(workspace_id=journey.workspace_id).filter(
+                    **{f"traits__{trigger.date_trait}__startswith": wanted}))
+                entered += len(enroll(journey=journey, definition=definition, now=now,
+                                      entries=[(c, f"d{wanted}", {"date": wanted}) for c in contacts]))
+    return entered
+
+
+# --- merges -------------------------------------------------------------------------------------
+
+def merge_before(winner: Contact, loser: Contact) -> None:
+    """Before a merge moves the loser's enrollments to the winner: where both are active in the
+    same journey, the loser's ends (the person is already in it); entry keys both hold are kept
+    apart so the move breaks no uniqueness."""
+    now = clock.now()
+    winner_rows = list(Enrollment.objects.filter(contact=winner).values_list("journey_id", "entry_key", "state"))
+    winner_keys = {(j, k) for j, k, _ in winner_rows}
+    winner_active = {j for j, _, s in winner_rows if s == EnrollmentState.ACTIVE}
+    mine = list(Enrollment.objects.select_for_update().filter(contact=loser))
+    duplicate = [e for e in mine if e.state == EnrollmentState.ACTIVE and e.journey_id in winner_active]
+    enrollments_close(duplicate, now=now, state=EnrollmentState.EXITED,
+                      reason=f"merged into contact {winner.pk}, who is already in the journey", kind=StepKind.EXITED)
+    for e in mine:
+        if (e.journey_id, e.entry_key) in winner_keys:
+            Enrollment.objects.filter(pk=e.pk).update(entry_key=f"{e.entry_key}~{loser.pk}"[:100])
+    TriggerState.objects.filter(contact=loser, journey__in=TriggerState.objects.filter(contact=winner)
+                                .values("journey")).delete()
