@@ -84,6 +84,8 @@ class Pass:
     contacts: dict[int, Contact]
     steps: list[EnrollmentStep]
     after: list  # callables run once the batch's enrollments are written (same transaction)
+    batch: list = dataclasses.field(default_factory=list)  # every enrollment of the pass (locked)
+    journeys: dict = dataclasses.field(default_factory=dict)  # their journeys by id
 
     def step(self, e: Enrollment, kind: str, node: str | None = None, **detail) -> None:
         self.steps.append(EnrollmentStep(workspace_id=e.workspace_id, journey_id=e.journey_id, enrollment_id=e.pk,
@@ -198,7 +200,7 @@ def batch_advance(batch: list[Enrollment], *, now: dt.datetime) -> None:
         version = versions[version_id]
         journey = journeys[group[0].journey_id]
         p = Pass(now=now, journey=journey, version=version, definition=version_definition(version),
-                 contacts=contacts, steps=steps, after=after)
+                 contacts=contacts, steps=steps, after=after, batch=batch, journeys=journeys)
         from leadflow.journeys.goals import goals_check
 
         moving = goals_check(p, group)

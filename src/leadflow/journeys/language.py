@@ -134,7 +134,7 @@ class ScoreTrigger(_Strict):
 
 
 class StageTrigger(_Strict):
-    stage_changed: Literal[True] = True
+    stage_changed: Literal[True]
     to: list[Annotated[str, Field(min_length=1, max_length=32)]] = Field(default_factory=list)
     from_: list[Annotated[str, Field(min_length=1, max_length=32)]] = Field(default_factory=list, alias="from")
 
@@ -149,7 +149,7 @@ class DateTrigger(_Strict):
 class ManualTrigger(_Strict):
     """Entered only by hand, through the API or by another journey."""
 
-    manual: Literal[True] = True
+    manual: Literal[True]
 
 
 TRIGGER_KINDS: dict[str, type[_Strict]] = {

@@ -419,9 +419,16 @@ def enroll(p: Pass, node: lang.EnrollNode, enrollments: list[Enrollment]) -> Non
 def unenroll(p: Pass, node: lang.UnenrollNode, enrollments: list[Enrollment]) -> None:
     from leadflow.journeys.triggers import enrollments_end
 
+    reason = f"removed by journey {p.journey.slug}"
+    ids = {e.contact_id for e in enrollments}
+    # Enrollments of this pass are held in memory and written at its end: end those here.
+    for other in p.batch:
+        if (other.state == EnrollmentState.ACTIVE and other.contact_id in ids and other not in enrollments
+                and p.journeys[other.journey_id].slug == node.journey):
+            p.end(other, EnrollmentState.EXITED, reason, StepKind.EXITED)
     enrollments_end(workspace_id=p.journey.workspace_id, now=p.now, journey_slug=node.journey,
-                    contact_ids=[e.contact_id for e in enrollments], state=EnrollmentState.EXITED,
-                    reason=f"removed by journey {p.journey.slug}", exclude_ids=[e.pk for e in enrollments])
+                    contact_ids=sorted(ids), state=EnrollmentState.EXITED, reason=reason,
+                    exclude_ids=[e.pk for e in p.batch])
     for e in enrollments:
         p.go(e, node.next, journey=node.journey)
 
