@@ -237,3 +237,19 @@ def test_only_a_live_journey_takes_people_by_hand(ws, frozen_clock):
     send(ws, identify("ann", email="ann@example.com"))
     with pytest.raises(ServiceError, match="draft"):
         services.journey_enroll(journey=journey, contacts=[contact_of(ws, "ann")], actor="test")
+
+
+def test_a_person_holding_a_journey_the_breaker_paused_keeps_it_paused(ws, frozen_clock):
+    from leadflow.journeys.models import Journey
+    from leadflow.journeys.services import BREAKER
+
+    template(ws, "thanks")
+    template(ws, "video")
+    journey = apply(ws, nurture())
+    services.journey_status_set(journey=journey, status="paused", actor=BREAKER, reason="SMTP failing")
+    Journey.objects.filter(pk=journey.pk).update(breaker_tripped_at=frozen_clock.current)
+    journey.refresh_from_db()
+    services.journey_status_set(journey=journey, status="paused", actor="user:1", reason="checking the copy")
+    journey.refresh_from_db()
+    assert journey.status == "paused" and journey.breaker_tripped_at is None
+    assert journey.paused_reason == "checking the copy"

@@ -16,6 +16,9 @@ VERBS = {
     "import": "import contacts or historical events from CSV",
     "process": "process every pending event now and exit",
     "scoring": "rescore contacts after rule changes (rescore [--backfill-days N]); train models",
+    "journeys": "journeys as code: apply, export, lint, list and simulate journeys (YAML or JSON files)",
+    "tick": "run everything due up to a simulated time (tick --until 90d): demos and tests",
+    "demo": "set up the example journeys and their content in a workspace",
     "manage": "run any Django management command (advanced)",
 }
 

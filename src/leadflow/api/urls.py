@@ -64,5 +64,7 @@ api.add_router("/email/sending", "leadflow.api.email_sending.router")
 api.add_router("/email/consent", "leadflow.api.email_consent.router")
 api.add_router("/email/messages", "leadflow.api.email_messages.router")
 api.add_router("/email/broadcasts", "leadflow.api.email_broadcasts.router")
+api.add_router("/journeys", "leadflow.api.journeys.router")
+api.add_router("/journey-streams", "leadflow.api.journey_streams.router")
 
 urlpatterns = [path("", api.urls)]

@@ -300,8 +300,8 @@ def _process_workspace(workspace_id: int, events: list, now: dt.datetime) -> Non
 
 
 _JSON_SAFE_TYPES = {"AutoField", "BigAutoField", "BigIntegerField", "BooleanField", "CharField",
-                    "DateTimeField", "ForeignKey", "IntegerField", "JSONField", "SmallIntegerField",
-                    "TextField"}
+                    "DateTimeField", "ForeignKey", "IntegerField", "JSONField", "PositiveBigIntegerField",
+                    "PositiveIntegerField", "PositiveSmallIntegerField", "SmallIntegerField", "TextField"}
 
 
 def rows_update(model, objs: list, field_names: list[str]) -> None:

@@ -112,7 +112,8 @@ def _pending(shard: int, limit: int):
     return events
 
 
-def _run_stages(events: list) -> None:
+def events_process(events: list) -> None:
+    """Run every stage over `events` (resolved in the caller's transaction); no shard is locked."""
     for stage in _stages():
         stage(events)
 
@@ -139,7 +140,7 @@ def shard_process_batch(shard: int, *, limit: int | None = None, isolate_failure
                 events = _pending(shard, limit)
                 if not events:
                     return 0
-                _run_stages(events)
+                events_process(events)
                 row.last_run_at = clock.now()
                 row.processed += len(events)
                 row.save(update_fields=["last_run_at", "processed"])
@@ -171,7 +172,7 @@ def _process_one_by_one(shard: int, limit: int) -> int:
             for attempt in range(RETRIES):
                 try:
                     with transaction.atomic():
-                        _run_stages([event])
+                        events_process([event])
                     break
                 except TRANSIENT as exc:
                     if attempt == RETRIES - 1:

@@ -19,12 +19,12 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import operator
 import threading
 from collections import defaultdict
 
 import orjson
 from django.db import connection, transaction
-from django.db.models import Q
 
 from leadflow.contacts.models import Contact
 from leadflow.contacts.processing import rows_update
@@ -82,15 +82,13 @@ class Pass:
     version: JourneyVersion
     definition: lang.Definition
     contacts: dict[int, Contact]
-    steps: list[EnrollmentStep]
+    steps: list[tuple]  # history rows, values in STEP_COLUMNS order (written by `steps_write`)
     after: list  # callables run once the batch's enrollments are written (same transaction)
     batch: list = dataclasses.field(default_factory=list)  # every enrollment of the pass (locked)
     journeys: dict = dataclasses.field(default_factory=dict)  # their journeys by id
 
     def step(self, e: Enrollment, kind: str, node: str | None = None, **detail) -> None:
-        self.steps.append(EnrollmentStep(workspace_id=e.workspace_id, journey_id=e.journey_id, enrollment_id=e.pk,
-                                         contact_id=e.contact_id, node=node or e.node, kind=kind, at=self.now,
-                                         detail=detail))
+        self.steps.append((e.workspace_id, e.journey_id, e.pk, e.contact_id, node or e.node, kind, self.now, detail))
 
     def go(self, e: Enrollment, target: str | None, kind: str = StepKind.PASSED, **detail) -> None:
         """`e` is done with its node: record it and move to `target` (None: the journey ends)."""
@@ -122,6 +120,30 @@ def end(e: Enrollment, state: str, reason: str, now: dt.datetime) -> None:
     e.ended_at = now
     e.due_at = None
     e.wait_event = ""
+
+
+STEP_COLUMNS = ("workspace_id", "journey_id", "enrollment_id", "contact_id", "node", "kind", "at", "detail")
+
+
+def steps_write(steps: list[tuple]) -> None:
+    """Insert history rows (values in STEP_COLUMNS order). On PostgreSQL one `INSERT … SELECT …
+    FROM jsonb_populate_recordset(…)` per 1,000 rows, sent as one JSON parameter: no model
+    instance is built and no value prepared one by one. Elsewhere `bulk_create`."""
+    if not steps:
+        return
+    if connection.vendor != "postgresql":
+        EnrollmentStep.objects.bulk_create([EnrollmentStep(**dict(zip(STEP_COLUMNS, row))) for row in steps],
+                                           batch_size=BATCH)
+        return
+    ops = connection.ops
+    table = ops.quote_name(EnrollmentStep._meta.db_table)
+    columns = ", ".join(ops.quote_name(EnrollmentStep._meta.get_field(name).column) for name in STEP_COLUMNS)
+    sql = f"INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb)"
+    option = orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
+    with connection.cursor() as cursor:
+        for start in range(0, len(steps), BATCH):
+            payload = [dict(zip(STEP_COLUMNS, row)) for row in steps[start:start + BATCH]]
+            cursor.execute(sql, [orjson.dumps(payload, option=option).decode()])
 
 
 def dedupe_key(e: Enrollment, node_id: str) -> str:
@@ -230,18 +252,22 @@ def batch_advance(batch: list[Enrollment], *, now: dt.datetime) -> None:
     for e in batch:
         e.updated_at = now
     rows_update(Enrollment, batch, ENROLLMENT_FIELDS)
-    EnrollmentStep.objects.bulk_create(steps, batch_size=BATCH)
+    steps_write(steps)
     for function in after:
         function()
+
+
+# What a failing step puts back (with a copy of `data`) before it fails the group.
+POSITION_FIELDS = ("node", "state", "due_at", "wait_event", "resume", "group", "steps", "last_node", "ended_at",
+                   "end_reason")
+_position = operator.attrgetter(*POSITION_FIELDS)
 
 
 def node_run(p: Pass, node, enrollments: list[Enrollment]) -> None:
     from leadflow.journeys import nodes
 
     handler = nodes.HANDLERS[node.type]
-    saved = [(e, {name: (dict(getattr(e, name)) if name == "data" else getattr(e, name)) for name in ("node", "state", "due_at", "wait_event", "resume", "group",
-                                                       "steps", "last_node", "data", "ended_at", "end_reason")})
-             for e in enrollments]
+    saved = [(e, _position(e), dict(e.data)) for e in enrollments]
     steps_before, after_before = len(p.steps), len(p.after)
     try:
         with transaction.atomic():
@@ -250,9 +276,10 @@ def node_run(p: Pass, node, enrollments: list[Enrollment]) -> None:
         log.exception("journey %s node %s failed", p.journey.slug, node.id)
         del p.steps[steps_before:]
         del p.after[after_before:]
-        for e, fields in saved:
-            for name, value in fields.items():
+        for e, values, data in saved:
+            for name, value in zip(POSITION_FIELDS, values):
                 setattr(e, name, value)
+            e.data = data
         for e in enrollments:
             p.end(e, EnrollmentState.FAILED, f"{type(exc).__name__}: {exc}", StepKind.FAILED)
 

@@ -353,6 +353,14 @@ class WebhookNode(_Next):
     event_type: Annotated[str, Field(min_length=1, max_length=100)] = "journey.step"
     data: dict = Field(default_factory=dict)
 
+    @field_validator("data")
+    @classmethod
+    def _own_keys(cls, value: dict) -> dict:
+        taken = sorted(set(value) & {"journey", "node", "enrollment", "contact"})
+        if taken:
+            raise ValueError(f"`data` cannot use {', '.join(taken)}: LeadFlow fills those keys of the payload")
+        return value
+
 
 class UpdateTraitsNode(_Next):
     type: Literal["update_traits"]

@@ -12,13 +12,11 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 
-from django.db.models import Q
-
 from leadflow.contacts.models import Contact
 from leadflow.contacts.processing import rows_update
 from leadflow.core.services import ServiceError
 from leadflow.journeys import language as lang
-from leadflow.journeys.engine import ARRIVE, EVENT, Pass, WAITING, dedupe_key, next_local, stable_fraction
+from leadflow.journeys.engine import ARRIVE, EVENT, Pass, dedupe_key, next_local, stable_fraction
 from leadflow.journeys.models import Enrollment, EnrollmentState, StepKind
 
 WEEKDAY_NUMBERS = {name: i for i, name in enumerate(lang.WEEKDAYS)}
@@ -236,14 +234,14 @@ def _template(p: Pass, slug: str):
     return template
 
 
-def _server_id(p: Pass, slug: str | None) -> int | None:
+def _server_id(p: Pass, name: str | None) -> int | None:
     from leadflow.messaging.models import SendingServer
 
-    if slug is None:
+    if name is None:
         return None
-    server = SendingServer.objects.filter(workspace_id=p.journey.workspace_id, slug=slug).first()
+    server = SendingServer.objects.filter(workspace_id=p.journey.workspace_id, name=name).first()
     if server is None:
-        raise ServiceError(f"there is no sending server {slug!r}")
+        raise ServiceError(f"there is no sending server {name!r}")
     return server.pk
 
 
@@ -291,7 +289,7 @@ def send_email(p: Pass, node: lang.SendEmailNode, enrollments: list[Enrollment])
 def _locked_contacts(p: Pass, enrollments: list[Enrollment]) -> list[Contact]:
     """The contacts of `enrollments`, locked and fresh (another worker may be changing them)."""
     ids = sorted({e.contact_id for e in enrollments})
-    fresh = Contact.objects.select_for_update().select_related("company").in_bulk(ids)
+    fresh = Contact.objects.select_for_update(of=("self",)).select_related("company").in_bulk(ids)
     p.contacts.update(fresh)
     return [fresh[i] for i in ids if i in fresh]
 

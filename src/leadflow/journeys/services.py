@@ -25,6 +25,9 @@ from leadflow.journeys.models import (Enrollment, EnrollmentState, EnrollmentSte
                                       JourneyVersion, StepKind)
 
 
+BREAKER = "system:breaker"  # the actor of the circuit breaker's pauses and resumes
+
+
 def _slug_for(workspace: Workspace, definition: lang.Definition) -> str:
     if definition.slug:
         return definition.slug
@@ -73,7 +76,9 @@ def journey_apply(*, workspace: Workspace, data: object, actor: str, publish: bo
     return journey, version, True
 
 
-def _check_migrate(previous: lang.Definition | None, definition: lang.Definition, migrate: dict) -> None:
+def journey_migrate_check(previous: lang.Definition | None, definition: lang.Definition, migrate: dict) -> None:
+    """Refuse a node map that names nodes the versions do not have or moves people between node
+    types (ServiceError naming the bad entry)."""
     if not migrate:
         return
     if previous is None:
@@ -105,7 +110,7 @@ def journey_publish(*, journey: Journey, version: JourneyVersion, actor: str) ->
     with transaction.atomic():
         journey = Journey.objects.select_for_update().get(pk=journey.pk)
         previous = journey.version
-        _check_migrate(version_definition(previous) if previous else None, definition, version.migrate)
+        journey_migrate_check(version_definition(previous) if previous else None, definition, version.migrate)
         moved = 0
         if previous is not None and version.migrate:
             moved = _migrate(journey, previous, version, now)
@@ -150,6 +155,13 @@ def journey_status_set(*, journey: Journey, status: str, actor: str, reason: str
     with transaction.atomic():
         journey = Journey.objects.select_for_update().get(pk=journey.pk)
         if journey.status == status:
+            if status == JourneyStatus.PAUSED and journey.breaker_tripped_at and actor != BREAKER:
+                # A person holds a journey the breaker paused: the breaker must not resume it.
+                journey.breaker_tripped_at = None
+                journey.paused_reason = (reason or f"held by {actor}")[:500]
+                journey.save(update_fields=["breaker_tripped_at", "paused_reason"])
+                audit_record(workspace=journey.workspace, actor=actor, action="journey.paused",
+                             target=f"journey:{journey.pk}", data={"reason": reason, "held": True})
             return journey
         if journey.status not in allowed[status]:
             raise ServiceError(f"a {journey.status} journey cannot be made {status}"

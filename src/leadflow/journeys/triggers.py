@@ -73,7 +73,7 @@ def where_matches(conditions, properties: dict, now: dt.datetime) -> bool:
     return all(_field_matches(c, facts=None, event=facts, now=now) for c in conditions)
 
 
-def _trigger_matches(trigger, record: Record, now: dt.datetime) -> bool:
+def trigger_matches(trigger, record: Record, now: dt.datetime) -> bool:
     props = record.properties or {}
     if isinstance(trigger, lang.EventTrigger):
         return record.name == trigger.event and where_matches(trigger.where, props, now)
@@ -244,7 +244,7 @@ def records_process(*, workspace_id: int, records: list[Record], now: dt.datetim
     for live in journeys:
         entries = []
         for r in records:
-            if any(_trigger_matches(t, r, now) for t in live.definition.triggers):
+            if any(trigger_matches(t, r, now) for t in live.definition.triggers):
                 entries.append((r.contact_id, f"e{r.id}", {"event": {"name": r.name, "properties": r.properties}}))
         if entries:
             contacts = Contact.objects.in_bulk({c for c, _, _ in entries})

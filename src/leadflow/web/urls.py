@@ -29,5 +29,6 @@ urlpatterns = [
     path("scoring/", include("leadflow.web.urls_scoring")),
     path("sales/", include("leadflow.web.urls_sales")),
     path("segments/", include("leadflow.web.urls_segments")),
+    path("journeys/", include("leadflow.web.urls_journeys")),
     path("email/", include("leadflow.web.urls_email")),
 ]
