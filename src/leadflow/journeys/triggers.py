@@ -91,7 +91,8 @@ def trigger_matches(trigger, record: Record, now: dt.datetime) -> bool:
 
 # --- entering -----------------------------------------------------------------------------------
 
-def _period_key(definition: lang.Definition, now: dt.datetime) -> str:
+def period_key(definition: lang.Definition, now: dt.datetime) -> str:
+    """The entry key of a `once_per_period` journey at `now`: the number of whole periods since 1970."""
     days = definition.reentry_days or 1
     return f"p{math.floor(now.timestamp() / 86400 / days)}"
 
@@ -125,7 +126,7 @@ def enroll(*, journey: Journey, definition: lang.Definition, entries: list[tuple
         if policy == "once":
             return "once"
         if policy == "once_per_period":
-            return _period_key(definition, now)
+            return period_key(definition, now)
         return key[:100]
 
     rows = [Enrollment(workspace_id=journey.workspace_id, journey=journey, version_id=journey.version_id,
