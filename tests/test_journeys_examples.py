@@ -32,7 +32,7 @@ from django.test import Client
 from leadflow.contacts.models import Contact
 from leadflow.core.pipeline import process_pending, timers_run
 from leadflow.core.services import user_create
-from leadflow.journeys.demo import EXAMPLES_DIR, demo_apply, examples_load
+from leadflow.journeys.demo import EXAMPLES_DIRS, demo_apply, examples_load
 from leadflow.journeys.engine import journeys_run_due, stable_fraction, version_definition
 from leadflow.journeys.language import journey_parse
 from leadflow.journeys.lint import journey_lint
@@ -206,7 +206,7 @@ def states(slug: str) -> dict[str, str]:
 def test_the_demo_sets_up_every_example_live_with_approved_content_and_a_second_run_changes_nothing(ws):
     admin = user_create(username="ada-admin", password="pw-123456", workspace=ws.workspace, role="admin")
     report = demo_apply(workspace=ws.workspace, actor="test:demo")
-    files = sorted(p.stem for p in EXAMPLES_DIR.glob("*.yaml") if p.name != "content.yaml")
+    files = sorted(p.stem for p in EXAMPLES_DIRS[0].glob("*.yaml") if p.name != "content.yaml")
     assert sorted(slug for slug, _, _ in report.journeys) == files and len(files) == 7
     assert all(number == 1 and changed for _, number, changed in report.journeys)
     order = [slug for slug, _, _ in report.journeys]

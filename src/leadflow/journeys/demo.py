@@ -29,7 +29,9 @@ from django.db import transaction
 from leadflow.core.models import Membership, Role, Workspace
 from leadflow.core.services import ServiceError
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples" / "journeys"
+# The source checkout's examples (an editable install), else those of the folder LeadFlow is run
+# from (`pip install .` in a checkout, then `leadflow demo` there).
+EXAMPLES_DIRS = (Path(__file__).resolve().parents[3] / "examples" / "journeys", Path("examples") / "journeys")
 CONTENT_FILE = "content.yaml"
 SETTINGS_FIELDS = ("postal_address", "from_name", "from_email")
 
@@ -94,7 +96,9 @@ def _dependency_order(journeys: list[tuple[str, dict]]) -> list[tuple[str, dict]
 
 def examples_load(*, folder: Path | None = None) -> Examples:
     """The example content and journeys from `folder` (default: the shipped examples)."""
-    folder = Path(folder) if folder is not None else EXAMPLES_DIR
+    if folder is None:
+        folder = next((d for d in EXAMPLES_DIRS if (d / CONTENT_FILE).is_file()), EXAMPLES_DIRS[0])
+    folder = Path(folder)
     if not (folder / CONTENT_FILE).is_file():
         raise ServiceError(f"no example journeys at {folder} (they ship in examples/journeys of LeadFlow's "
                            "source; point --examples at that folder)")

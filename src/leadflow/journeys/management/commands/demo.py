@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from leadflow.core.management.commands._common import workspace_arg
 from leadflow.core.services import ServiceError
-from leadflow.journeys.demo import EXAMPLES_DIR, demo_apply
+from leadflow.journeys.demo import EXAMPLES_DIRS, demo_apply
 
 
 class Command(BaseCommand):
@@ -17,7 +17,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--workspace", help="workspace slug (default: the first workspace)")
-        parser.add_argument("--examples", metavar="DIR", help=f"the examples folder (default: {EXAMPLES_DIR})")
+        parser.add_argument("--examples", metavar="DIR", help=f"the examples folder (default: {EXAMPLES_DIRS[0]}, else ./examples/journeys)")
 
     def handle(self, *args, workspace=None, examples=None, **options):
         ws = workspace_arg(workspace)
