@@ -66,5 +66,6 @@ api.add_router("/email/messages", "leadflow.api.email_messages.router")
 api.add_router("/email/broadcasts", "leadflow.api.email_broadcasts.router")
 api.add_router("/journeys", "leadflow.api.journeys.router")
 api.add_router("/journey-streams", "leadflow.api.journey_streams.router")
+api.add_router("/journey-webhooks", "leadflow.api.journey_webhooks.router")
 
 urlpatterns = [path("", api.urls)]

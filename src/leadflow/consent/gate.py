@@ -366,17 +366,20 @@ def _latest_status(topic: str) -> Subquery:
                     .order_by("-at", "-pk").values("status")[:1])
 
 
-def sendable_contacts(*, workspace_id: int, topic: str, now: dt.datetime) -> QuerySet:
+def sendable_contacts(*, workspace_id: int, topic: str, now: dt.datetime, require_email: bool = True) -> QuerySet:
     """The contacts (with an address) a marketing message on `topic` (blank: all marketing) may
     reach now, ignoring caps and quiet hours (they defer, they do not stop): not suppressed, all
     marketing not withdrawn, the topic's opt-in or double opt-in present where required, not
     paused. Two queries (the topic, then the people); an unknown or archived topic reaches
-    nobody."""
+    nobody. `require_email=False` keeps people without an address, for other channels (a
+    journey's webhook step on a topic: SMS, ads audiences, direct mail)."""
     from leadflow.contacts.models import Contact
 
     slug = (topic or "").strip()
     slug = "" if slug == ALL_MARKETING else slug
-    qs = Contact.objects.filter(workspace_id=workspace_id).exclude(email="")
+    qs = Contact.objects.filter(workspace_id=workspace_id)
+    if require_email:
+        qs = qs.exclude(email="")
     suppressed = Suppression.objects.filter(workspace_id=workspace_id, lifted_at__isnull=True,
                                             email=Lower(OuterRef("email")))
     paused = MarketingPause.objects.filter(contact_id=OuterRef("pk"), until__gt=now)

@@ -346,12 +346,14 @@ class SendEmailNode(_Next):
 
 class WebhookNode(_Next):
     """Deliver a signed webhook (Standard Webhooks) to an endpoint: SMS, ads audiences, direct
-    mail, CRM and chat tools. `data` is sent beside the contact's profile."""
+    mail, CRM and chat tools. `data` is sent beside the contact's profile. With a `topic` (a step
+    that reaches the person), people the consent gate stops for that topic are skipped."""
 
     type: Literal["webhook"]
     endpoint: Slug
     event_type: Annotated[str, Field(min_length=1, max_length=100)] = "journey.step"
     data: dict = Field(default_factory=dict)
+    topic: str | None = Field(default=None, max_length=100)
 
     @field_validator("data")
     @classmethod

@@ -363,7 +363,7 @@ def _templates(workspace_id: int, definition: lang.Definition) -> list[Finding]:
                                     f"{_label(node)} sends '{node.template}' without a subscription topic: "
                                     "people can only unsubscribe from all marketing email. Set a `topic` on "
                                     "the step or the template."))
-    for i, node in streams:
+    for i, node in [*streams, *_nodes_of(definition, lang.WebhookNode)]:
         if node.topic is not None:
             topics_used.append((f"nodes[{i}].topic", node.topic, f"{_label(node)}"))
     wanted = {t for _, t, _ in topics_used if t.strip() and t != ALL_MARKETING}

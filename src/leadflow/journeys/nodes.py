@@ -441,7 +441,8 @@ def webhook(p: Pass, node: lang.WebhookNode, enrollments: list[Enrollment]) -> N
 
     ids = deliveries_queue(p, node, enrollments)
     for e, delivery_id in zip(enrollments, ids):
-        p.go(e, node.next, kind=StepKind.WEBHOOK, delivery=delivery_id)
+        if delivery_id is not None:  # None: skipped for consent (moved on by deliveries_queue)
+            p.go(e, node.next, kind=StepKind.WEBHOOK, delivery=delivery_id)
 
 
 def stream(p: Pass, node: lang.StreamNode, enrollments: list[Enrollment]) -> None:

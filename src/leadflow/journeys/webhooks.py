@@ -20,8 +20,14 @@ then does, by the injected clock:
 A finished delivery's `next_attempt_at` is the time of its last attempt, so "what finished in the
 last minutes" is a range on the `(status, next_attempt_at)` index (`journeys.health` reads it).
 
-The services below write endpoints (create, update, rotate the secret, disable, enable) with an
-audit entry each; the selectors list endpoints and deliveries.
+A webhook step with a `topic` reaches a person (SMS, ads audiences, direct mail): people the
+consent gate would not let a marketing message on that topic reach get no delivery and move on,
+skipped with the reason (`deliveries_queue`). A step without one (CRM sync, internal tools) is
+not filtered.
+
+The services below write endpoints (create, update, rotate the secret, disable, enable) and send a
+failed delivery again (`webhook_delivery_retry`), with an audit entry each; the selectors list
+endpoints and deliveries.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from urllib.parse import urlsplit
 import orjson
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, QuerySet
+from django.db.models import Count, F, QuerySet
 from django.utils.text import slugify
 
 from leadflow.config import env_int
@@ -48,7 +54,7 @@ from leadflow.contacts.models import Company, Contact
 from leadflow.core import clock
 from leadflow.core.models import Workspace
 from leadflow.core.services import ServiceError, audit_record, name_clean, slug_unique
-from leadflow.journeys.models import (DeliveryStatus, Enrollment, Journey, WebhookDelivery,
+from leadflow.journeys.models import (DeliveryStatus, Enrollment, Journey, StepKind, WebhookDelivery,
                                       WebhookEndpoint)
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,7 @@ CLAIM_CHUNK = 20  # deliveries claimed per transaction (a dead process leaves at
 RETRY_AFTER_MAX = dt.timedelta(hours=24)  # a longer Retry-After is taken as this
 PROBE_EVENT = "leadflow.ping"
 PROBE_KEY = "probe:"
+DISABLED_BY_HAND = "disabled by hand"  # the reason of a disable that gives none
 USER_AGENT = "LeadFlow-Webhooks/1"
 
 
@@ -131,7 +138,7 @@ def _url_clean(url: object) -> str:
     return url
 
 
-def _url_shown(url: str) -> str:
+def url_shown(url: str) -> str:
     """The URL without credentials or query (which may carry tokens), for audit entries."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -168,7 +175,7 @@ def webhook_endpoint_create(*, workspace: Workspace, name: str, url: str, actor:
             endpoint = WebhookEndpoint.objects.create(workspace=workspace, slug=_slug_clean(workspace, slug, name),
                                                       name=name, url=url, secret=secret, created_at=clock.now())
             audit_record(workspace=workspace, actor=actor, action="webhook_endpoint.create", target=_target(endpoint),
-                         data={"slug": endpoint.slug, "name": name, "url": _url_shown(url)})
+                         data={"slug": endpoint.slug, "name": name, "url": url_shown(url)})
     except IntegrityError:  # the same slug made at the same moment
         raise ServiceError(f"slug: a webhook endpoint {slug or name!r} already exists") from None
     return endpoint
@@ -186,7 +193,7 @@ def webhook_endpoint_update(*, endpoint: WebhookEndpoint, actor: str, name: str 
         url = _url_clean(url)
         if url != endpoint.url:
             endpoint.url = url
-            changed["url"] = _url_shown(url)
+            changed["url"] = url_shown(url)
     if slug is not None and slug != endpoint.slug:
         endpoint.slug = changed["slug"] = _slug_clean(endpoint.workspace, slug, endpoint.name, exclude=endpoint.pk)
     if changed:
@@ -242,6 +249,34 @@ def webhook_endpoint_enable(*, endpoint: WebhookEndpoint, actor: str) -> Webhook
     return endpoint
 
 
+RETRYABLE = (DeliveryStatus.FAILED, DeliveryStatus.REVIEW)
+
+
+def webhook_delivery_retry(*, delivery: WebhookDelivery, actor: str) -> WebhookDelivery:
+    """Send a failed (or held for review) delivery again, now, with the usual retries. It keeps its
+    `webhook-id` and payload, so a receiver that did get it after all deduplicates it. Refused
+    while its endpoint is disabled (enable it first) and for a delivery that is not failed."""
+    now = clock.now()
+    with transaction.atomic():
+        delivery = WebhookDelivery.objects.select_for_update().select_related("endpoint").get(pk=delivery.pk)
+        if delivery.status not in RETRYABLE:
+            raise ServiceError(f"delivery {delivery.pk} is {delivery.status}: only a failed delivery (or one held "
+                               "for review) can be sent again")
+        endpoint = delivery.endpoint
+        if endpoint.disabled_at is not None:
+            raise ServiceError(f"webhook endpoint {endpoint.slug!r} is disabled"
+                               + (f" ({endpoint.disabled_reason})" if endpoint.disabled_reason else "")
+                               + ": enable it before sending its deliveries again")
+        previous = {"was": delivery.status, "attempts": delivery.attempts, "error": delivery.error}
+        delivery.status, delivery.attempts, delivery.next_attempt_at = DeliveryStatus.PENDING, 0, now
+        delivery.sending_at, delivery.error = None, ""
+        delivery.save(update_fields=["status", "attempts", "next_attempt_at", "sending_at", "error"])
+        audit_record(workspace=endpoint.workspace, actor=actor, action="webhook_delivery.retry",
+                     target=f"webhook_delivery:{delivery.pk}",
+                     data={"endpoint": endpoint.slug, "msg_id": delivery.msg_id, **previous})
+    return delivery
+
+
 # --- selectors ----------------------------------------------------------------------------------
 
 def webhook_endpoint_get_by_slug(*, workspace: Workspace, slug: str) -> WebhookEndpoint | None:
@@ -252,10 +287,11 @@ def webhook_endpoints_list(*, workspace: Workspace) -> QuerySet[WebhookEndpoint]
     return WebhookEndpoint.objects.filter(workspace=workspace).order_by("name", "pk")
 
 
-def webhook_deliveries_list(*, workspace: Workspace, endpoint: WebhookEndpoint | None = None,
-                            journey: Journey | None = None, contact: Contact | None = None,
-                            status: str | None = None, limit: int = 100) -> list[WebhookDelivery]:
-    """The newest deliveries first, narrowed to an endpoint, journey, person or status."""
+def webhook_deliveries_query(*, workspace: Workspace, endpoint: WebhookEndpoint | None = None,
+                             journey: Journey | None = None, contact: Contact | None = None,
+                             status: str | None = None) -> QuerySet[WebhookDelivery]:
+    """Deliveries narrowed to an endpoint, journey, person or status (unordered: pages order
+    them, newest first)."""
     if status is not None and status not in DeliveryStatus.values:
         raise ServiceError(f"status: one of {', '.join(DeliveryStatus.values)}, not {status!r}")
     query = WebhookDelivery.objects.filter(workspace=workspace).select_related("endpoint")
@@ -267,7 +303,26 @@ def webhook_deliveries_list(*, workspace: Workspace, endpoint: WebhookEndpoint |
         query = query.filter(contact=contact)
     if status is not None:
         query = query.filter(status=status)
+    return query
+
+
+def webhook_deliveries_list(*, workspace: Workspace, endpoint: WebhookEndpoint | None = None,
+                            journey: Journey | None = None, contact: Contact | None = None,
+                            status: str | None = None, limit: int = 100) -> list[WebhookDelivery]:
+    """The newest deliveries first, narrowed to an endpoint, journey, person or status."""
+    query = webhook_deliveries_query(workspace=workspace, endpoint=endpoint, journey=journey, contact=contact,
+                                     status=status)
     return list(query.order_by("-pk")[:max(1, min(limit, 1000))])
+
+
+def webhook_delivery_get(*, workspace: Workspace, delivery_id: int) -> WebhookDelivery | None:
+    return WebhookDelivery.objects.filter(workspace=workspace, pk=delivery_id).select_related("endpoint").first()
+
+
+def webhook_endpoints_waiting(*, endpoints: list[WebhookEndpoint]) -> dict[int, int]:
+    """Endpoint id → its deliveries waiting to go out (pending), in one query."""
+    return dict(WebhookDelivery.objects.filter(endpoint__in=endpoints, status=DeliveryStatus.PENDING).order_by()
+                .values("endpoint_id").annotate(n=Count("pk")).values_list("endpoint_id", "n"))
 
 
 def webhook_endpoint_health(*, endpoint: WebhookEndpoint, now: dt.datetime | None = None) -> str:
@@ -339,21 +394,68 @@ def _endpoint_for(workspace_id: int, slug: str) -> WebhookEndpoint:
     return endpoint
 
 
-def deliveries_queue(p, node, enrollments: list[Enrollment]) -> list[int]:
+@dataclass(frozen=True)
+class _Asked:
+    """What the consent gate reads of a message: a marketing message on a topic to a person."""
+
+    workspace_id: int
+    contact_id: int
+    to_email: str
+    topic: str
+    kind: str = "marketing"
+
+
+def consent_blocked(*, workspace_id: int, topic: str, contacts: list[Contact], now: dt.datetime) -> dict[int, str]:
+    """Which of `contacts` the consent gate would not let a marketing message on `topic` reach
+    now (contact id → why): unsubscribed from the topic or from all marketing, without a required
+    opt-in, paused, suppressed or erased; an unknown or archived topic reaches nobody. The
+    decision is the gate's set-based form (`sendable_contacts`, one query for the group) without
+    the need for an email address; the reasons are the gate's own words, asked only about the
+    people it stops. Caps and quiet hours count emails and are left out."""
+    from leadflow.consent.gate import SEND, gate_check_many, sendable_contacts
+
+    ids = {c.pk for c in contacts}
+    if not ids:
+        return {}
+    allowed = set(sendable_contacts(workspace_id=workspace_id, topic=topic, now=now, require_email=False)
+                  .filter(pk__in=ids).values_list("pk", flat=True))
+    stopped = [c for c in contacts if c.pk not in allowed]
+    if not stopped:
+        return {}
+    asked = [_Asked(workspace_id, c.pk, c.email or "", topic) for c in stopped]
+    decisions = gate_check_many(messages=asked, now=now)
+    return {c.pk: (d.reason if d.action != SEND and d.reason else f"no consent to be reached on topic {topic!r}")
+            for c, d in zip(stopped, decisions)}
+
+
+def deliveries_queue(p, node, enrollments: list[Enrollment]) -> list[int | None]:
     """One delivery per enrollment for a journey's `webhook` node (inside the pass's
     transaction), in one insert; returns their ids in the order of `enrollments`. A step redone
-    after a crash finds its deliveries by their dedupe key and returns those."""
+    after a crash finds its deliveries by their dedupe key and returns those.
+
+    With a `topic` on the node, the people the consent gate stops (`consent_blocked`) get no
+    delivery: they move on here, as skipped with the reason, and their place in the result is
+    None."""
     from leadflow.journeys.engine import dedupe_key
 
     if not enrollments:
         return []
     workspace_id = p.journey.workspace_id
     endpoint = _endpoint_for(workspace_id, node.endpoint)
-    contacts = [p.contacts[e.contact_id] for e in enrollments]
+    blocked: dict[int, str] = {}
+    if node.topic is not None:
+        people = {e.contact_id: p.contacts[e.contact_id] for e in enrollments}
+        blocked = consent_blocked(workspace_id=workspace_id, topic=node.topic, contacts=list(people.values()),
+                                  now=p.now)
+    for e in enrollments:
+        if e.contact_id in blocked:
+            p.go(e, node.next, kind=StepKind.SKIPPED, reason=blocked[e.contact_id], topic=node.topic)
+    sending = [e for e in enrollments if e.contact_id not in blocked]
+    contacts = [p.contacts[e.contact_id] for e in sending]
     companies = _companies(contacts)
     stamp = p.now.isoformat().replace("+00:00", "Z")
     keys, rows = [], []
-    for e, contact in zip(enrollments, contacts):
+    for e, contact in zip(sending, contacts):
         key = dedupe_key(e, node.id)
         keys.append(key)
         data = {**node.data, "journey": p.journey.slug, "node": node.id, "enrollment": e.pk,
@@ -363,10 +465,12 @@ def deliveries_queue(p, node, enrollments: list[Enrollment]) -> list[int]:
                                     event_type=node.event_type, msg_id=msg_id_for(workspace_id, key),
                                     payload={"type": node.event_type, "timestamp": stamp, "data": data},
                                     dedupe_key=key, next_attempt_at=p.now, created_at=p.now))
-    WebhookDelivery.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
+    if rows:
+        WebhookDelivery.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
     ids = dict(WebhookDelivery.objects.filter(workspace_id=workspace_id, dedupe_key__in=keys)
-               .values_list("dedupe_key", "pk"))
-    return [ids[key] for key in keys]
+               .values_list("dedupe_key", "pk")) if keys else {}
+    made = iter(ids[key] for key in keys)
+    return [None if e.contact_id in blocked else next(made) for e in enrollments]
 
 
 def webhook_probe_queue(*, endpoint: WebhookEndpoint, now: dt.datetime | None = None) -> WebhookDelivery | None:

@@ -84,7 +84,9 @@ NODE_PARAMS: dict[str, list[Param]] = {
     "send_email": [Param("template", "Template", "template"), Param("topic", "Subscription topic"),
                    Param("server", "Sending server", "server", help="empty: the workspace default"), NEXT],
     "webhook": [Param("endpoint", "Endpoint (slug)"), Param("event_type", "Event type", placeholder="journey.step"),
-                Param("data", "Data (key = value, one a line)", "kv"), NEXT],
+                Param("data", "Data (key = value, one a line)", "kv"),
+                Param("topic", "Subscription topic", help="for a step that reaches the person (SMS, ads, mail): "
+                                                          "people the topic's consent stops are skipped"), NEXT],
     "update_traits": [Param("traits", "Set traits (key = value, one a line)", "kv"), NEXT],
     "tag": [Param("add", "Add tags", "csv"), Param("remove", "Remove tags", "csv"), NEXT],
     "list": [Param("add", "Add to list", "list"), Param("remove", "Remove from list", "list"), NEXT],

@@ -29,6 +29,7 @@ urlpatterns = [
     path("scoring/", include("leadflow.web.urls_scoring")),
     path("sales/", include("leadflow.web.urls_sales")),
     path("segments/", include("leadflow.web.urls_segments")),
+    path("journeys/webhooks/", include("leadflow.web.urls_journey_webhooks")),
     path("journeys/", include("leadflow.web.urls_journeys")),
     path("email/", include("leadflow.web.urls_email")),
 ]

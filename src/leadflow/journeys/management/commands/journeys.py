@@ -1,6 +1,7 @@
 """`leadflow journeys`: journeys as code. Apply YAML or JSON files (a file or a folder; stay-in-touch
 stream files too), export journeys to files, lint a file or a journey, list the journeys, and
-dry-run one person through a journey. See docs/journeys-as-code.md."""
+dry-run one person through a journey. See docs/journeys-as-code.md. `leadflow journeys webhooks`
+lists, registers, rotates, disables and enables webhook endpoints (docs/journeys-webhooks.md)."""
 
 from __future__ import annotations
 
@@ -185,7 +186,8 @@ class Command(BaseCommand):
             "list journeys, simulate one person's path. See docs/journeys-as-code.md.")
 
     def add_arguments(self, parser):
-        sub = parser.add_subparsers(dest="action", required=True, metavar="{apply,export,lint,list,simulate}")
+        sub = parser.add_subparsers(dest="action", required=True,
+                                    metavar="{apply,export,lint,list,simulate,webhooks}")
         apply = sub.add_parser("apply", help="create or update journeys (and their streams) from a file or a folder, "
                                                "and publish them")
         apply.add_argument("path", metavar="FILE_OR_DIR")
@@ -215,6 +217,27 @@ class Command(BaseCommand):
                               help="an event and when it happens after the start, e.g. \"2d:Webinar Attended\"")
         simulate.add_argument("--days", type=float, default=90, help="how far to look (default 90)")
         simulate.add_argument("--start", help="when the simulation starts (ISO date-time; default now)")
+        webhooks = sub.add_parser("webhooks", help="webhook endpoints: list, create, rotate a secret, disable, enable")
+        hooks = webhooks.add_subparsers(dest="hook_action", required=True,
+                                        metavar="{list,create,rotate,disable,enable}")
+        hooks_list = hooks.add_parser("list", help="endpoints with their health and deliveries waiting")
+        hooks_list.add_argument("--workspace", help=WORKSPACE_HELP)
+        hooks_create = hooks.add_parser("create", help="register an endpoint and print its signing secret (once)")
+        hooks_create.add_argument("name", metavar="NAME")
+        hooks_create.add_argument("url", metavar="URL")
+        hooks_create.add_argument("--slug", help="what journeys' webhook steps name (default: made from NAME)")
+        hooks_create.add_argument("--secret", help="a whsec_… secret you already have (default: a new one)")
+        hooks_create.add_argument("--workspace", help=WORKSPACE_HELP)
+        hooks_rotate = hooks.add_parser("rotate", help="a new signing secret, printed once")
+        hooks_rotate.add_argument("slug", metavar="SLUG")
+        hooks_rotate.add_argument("--workspace", help=WORKSPACE_HELP)
+        hooks_disable = hooks.add_parser("disable", help="stop delivering (waiting deliveries fail)")
+        hooks_disable.add_argument("slug", metavar="SLUG")
+        hooks_disable.add_argument("--reason", default="", help="shown with the endpoint")
+        hooks_disable.add_argument("--workspace", help=WORKSPACE_HELP)
+        hooks_enable = hooks.add_parser("enable", help="deliver again")
+        hooks_enable.add_argument("slug", metavar="SLUG")
+        hooks_enable.add_argument("--workspace", help=WORKSPACE_HELP)
 
     def handle(self, *args, action, workspace=None, **options):
         ws = workspace_arg(workspace)
@@ -424,6 +447,59 @@ class Command(BaseCommand):
             self.stdout.write(_timeline_line(row, begin, zone))
         emails = sum(1 for row in timeline if row["kind"] == "sent")
         self.stdout.write(f"{emails} email{'s' if emails != 1 else ''}")
+
+
+    # --- webhooks ---
+
+    def _webhooks(self, ws, *, hook_action, slug=None, **options):
+        from leadflow.journeys import webhooks
+
+        if hook_action == "list":
+            return self._webhooks_list(ws)
+        if hook_action == "create":
+            endpoint = webhooks.webhook_endpoint_create(workspace=ws, name=options["name"], url=options["url"],
+                                                        slug=slug, secret=options.get("secret"),
+                                                        actor="cli")
+            self.stdout.write(f"created {endpoint.slug}  {webhooks.url_shown(endpoint.url)}")
+            self.stdout.write(f"secret  {endpoint.secret}  (shown once: give it to the receiver)")
+            return
+        endpoint = webhooks.webhook_endpoint_get_by_slug(workspace=ws, slug=slug)
+        if endpoint is None:
+            raise CommandError(f"there is no webhook endpoint {slug!r} (see: leadflow journeys webhooks list)")
+        if hook_action == "rotate":
+            endpoint = webhooks.webhook_endpoint_rotate_secret(endpoint=endpoint, actor="cli")
+            self.stdout.write(f"rotated {endpoint.slug}")
+            self.stdout.write(f"secret  {endpoint.secret}  (shown once: give it to the receiver)")
+        elif hook_action == "disable":
+            was = endpoint.disabled_at
+            endpoint = webhooks.webhook_endpoint_disable(endpoint=endpoint, actor="cli",
+                                                         reason=options.get("reason", "").strip()
+                                                         or webhooks.DISABLED_BY_HAND)
+            self.stdout.write(f"{endpoint.slug} was already disabled ({endpoint.disabled_reason})" if was else
+                              f"disabled {endpoint.slug}: its waiting deliveries failed, journey steps that call "
+                              "it fail until it is enabled")
+        else:
+            was = endpoint.disabled_at
+            endpoint = webhooks.webhook_endpoint_enable(endpoint=endpoint, actor="cli")
+            self.stdout.write(f"enabled {endpoint.slug}" if was else f"{endpoint.slug} was not disabled")
+
+    def _webhooks_list(self, ws):
+        from leadflow.journeys import webhooks
+
+        endpoints = list(webhooks.webhook_endpoints_list(workspace=ws))
+        if not endpoints:
+            self.stdout.write("no webhook endpoints yet: leadflow journeys webhooks create NAME URL")
+            return
+        waiting = webhooks.webhook_endpoints_waiting(endpoints=endpoints)
+        rows = [("SLUG", "HEALTH", "WAITING", "URL", "NAME")]
+        for e in endpoints:
+            health = webhooks.webhook_endpoint_health(endpoint=e)
+            if e.disabled_reason:
+                health += f" ({e.disabled_reason})"
+            rows.append((e.slug, health, str(waiting.get(e.pk, 0)), webhooks.url_shown(e.url), e.name))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for row in rows:
+            self.stdout.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
 
 
 def _timeline_line(row: dict, begin: dt.datetime, zone) -> str:
