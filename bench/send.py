@@ -14,10 +14,15 @@ address) and N contacts with a company each. Then:
 
 Every message goes through the consent gate, `message_render` (Jinja2 sandbox, tracked links,
 css-inline), MIME building, DKIM signing and SMTP to the sink. Prints messages/s for each run and
-the peak RSS of the workers, checks that the sink received exactly the messages marked sent, then
-drops the database.
+the peak RSS of the workers, where the machine's CPU went per message (the workers, their
+dispatching threads, the sink, the PostgreSQL backends serving the workers; read from /proc),
+checks that the sink received exactly the messages marked sent, then drops the database.
 
-Usage: python bench/send.py [--messages N] [--pool-size P] [--profile] [--keep]
+Usage: python bench/send.py [--messages N] [--pool-size P] [--sink aiosmtpd|lean] [--profile] [--keep]
+  --sink      aiosmtpd (default): the aiosmtpd server, about 1.5 ms of CPU per message on this
+              machine, taken from the cores the workers share; lean: a minimal asyncio SMTP server
+              (EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, nothing else) that costs a fraction of that,
+              to measure the dispatcher rather than the sink
   --profile   run the one-worker pass under cProfile (timed by the dispatching thread's CPU, so GIL
               waits do not count) and print the top functions
 """
@@ -92,6 +97,69 @@ def rss_mb() -> float:
 
 
 # --- the sink -----------------------------------------------------------------------------------
+
+def proc_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` (Linux /proc), None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def lean_sink_main(port_queue, count_value) -> None:
+    """A minimal SMTP server on asyncio's Protocol: greets, answers EHLO/HELO, MAIL, RCPT, RSET,
+    NOOP and QUIT, reads DATA up to the final dot, counts and discards."""
+    import asyncio
+    import socket
+
+    class Session(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport, self.buffer, self.in_data = transport, b"", False
+            transport.write(b"220 lean-sink ESMTP\r\n")
+
+        def data_received(self, data):
+            self.buffer += data
+            while self.buffer:
+                if self.in_data:
+                    end = 0 if self.buffer.startswith(b".\r\n") else self.buffer.find(b"\r\n.\r\n")
+                    if end < 0:
+                        return
+                    self.buffer = self.buffer[end + (3 if end == 0 else 5):]
+                    self.in_data = False
+                    with count_value.get_lock():
+                        count_value.value += 1
+                    self.transport.write(b"250 2.0.0 OK\r\n")
+                    continue
+                line, found, rest = self.buffer.partition(b"\r\n")
+                if not found:
+                    return
+                self.buffer = rest
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    self.transport.write(b"250-lean-sink\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+                elif verb == b"DATA":
+                    self.in_data = True
+                    self.transport.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                elif verb == b"QUIT":
+                    self.transport.write(b"221 Bye\r\n")
+                    self.transport.close()
+                    return
+                else:  # HELO, MAIL, RCPT, RSET, NOOP
+                    self.transport.write(b"250 OK\r\n")
+
+    async def serve():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = await asyncio.get_running_loop().create_server(Session, "127.0.0.1", port)
+        port_queue.put(port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+
 
 def sink_main(port_queue, count_value) -> None:
     """An aiosmtpd server that accepts everything and keeps only a count."""
@@ -198,7 +266,13 @@ def worker_main(url: str, profile: bool) -> None:
                 time.sleep(0.05)
         return done
 
-    start, cpu_start = time.perf_counter(), time.process_time()
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    backend_start = proc_cpu(backend)
+    start, cpu_start, thread_start = time.perf_counter(), time.process_time(), time.thread_time()
     if profile:
         import cProfile
         import pstats
@@ -210,10 +284,13 @@ def worker_main(url: str, profile: bool) -> None:
         stats.sort_stats("tottime").print_stats(25)
     else:
         done = drain()
-    end, cpu = time.perf_counter(), time.process_time() - cpu_start
+    end, cpu, thread_cpu = time.perf_counter(), time.process_time() - cpu_start, time.thread_time() - thread_start
+    backend_end = proc_cpu(backend)
     runtime().close()
     print(json.dumps({"done": done, "start": start, "end": end, "seconds": end - start, "cpu": cpu,
-                      "rss_mb": rss_mb()}), flush=True)
+                      "thread_cpu": thread_cpu, "rss_mb": rss_mb(),
+                      "db_cpu": None if backend_start is None or backend_end is None else backend_end - backend_start}),
+          flush=True)
 
 
 def run_workers(url: str, count: int, profile: bool) -> list[dict]:
@@ -232,6 +309,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--pool-size", type=int, default=2)
+    parser.add_argument("--sink", choices=["aiosmtpd", "lean"], default="aiosmtpd")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--worker")
@@ -244,7 +322,8 @@ def main() -> None:
     psql(f"DROP DATABASE IF EXISTS {DB}")
     psql(f"CREATE DATABASE {DB}")
     port_queue, count = multiprocessing.Queue(), multiprocessing.Value("l", 0)
-    sink = multiprocessing.Process(target=sink_main, args=(port_queue, count), daemon=True)
+    sink = multiprocessing.Process(target=lean_sink_main if args.sink == "lean" else sink_main,
+                                   args=(port_queue, count), daemon=True)
     sink.start()
     try:
         port = port_queue.get(timeout=30)
@@ -263,9 +342,10 @@ def main() -> None:
             t0 = time.perf_counter()
             queued = queue(info, prefix)
             print(f"queued {queued:,} messages in {time.perf_counter() - t0:.1f} s")
-            before = count.value
+            before, sink_before, load_before = count.value, proc_cpu(sink.pid), os.getloadavg()[0]
             connection.close()
             results = run_workers(url, workers, args.profile and workers == 1)
+            sink_cpu = proc_cpu(sink.pid)
             wall = max(r["end"] for r in results) - min(r["start"] for r in results)
             sent = Message.objects.filter(dedupe_key__startswith=prefix, status="sent").count()
             received = count.value - before
@@ -273,11 +353,19 @@ def main() -> None:
             rate = sent / wall
             figures[workers] = rate
             cpu = sum(r["cpu"] for r in results)
+            per = 1000 / max(sent, 1)
+            thread_cpu = sum(r["thread_cpu"] for r in results)
+            db = [r["db_cpu"] for r in results]
+            db_cpu = f"{sum(db) * per:.2f}" if None not in db else "n/a"
+            sink_used = f"{(sink_cpu - sink_before) * per:.2f}" if None not in (sink_cpu, sink_before) else "n/a"
             print(f"{workers} worker{'s' if workers > 1 else ''}: {sent:,} sent in {wall:.2f} s = {rate:,.0f} msg/s"
-                  f" ({rate / workers:,.0f} per worker); worker CPU {cpu:.1f} s = {cpu / max(sent, 1) * 1000:.2f} ms"
+                  f" ({rate / workers:,.0f} per worker); worker CPU {cpu:.1f} s = {cpu * per:.2f} ms"
                   f" per message ({sent / max(cpu, 1e-9):,.0f} msg per CPU-second); sink received {received:,}; "
                   f"not sent {others}; peak RSS per worker {max(r['rss_mb'] for r in results):.0f} MB; "
-                  f"load average {os.getloadavg()[0]:.1f}")
+                  f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+            print(f"  CPU per message: workers {cpu * per:.2f} ms (dispatching threads {thread_cpu * per:.2f}, "
+                  f"SMTP threads {(cpu - thread_cpu) * per:.2f}), {args.sink} sink {sink_used} ms, "
+                  f"PostgreSQL backends of the workers {db_cpu} ms")
             if received != sent:
                 print(f"  MISMATCH: the sink received {received} but {sent} are marked sent")
         print(f"bench process peak RSS {rss_mb():.0f} MB")

@@ -247,6 +247,57 @@ def test_the_dkim_signature_verifies_with_the_published_key():
     assert b"List-Unsubscribe" not in built.data  # not marketing
 
 
+@pytest.fixture(scope="module")
+def dkim_key():
+    private, public = sending.dkim_keypair()
+    return private, (lambda name, timeout=5: f"v=DKIM1; k=rsa; p={public}".encode())
+
+
+def _dkimpy_signature(signer, data: bytes, include: list[bytes]) -> bytes:
+    """What dkimpy itself signs (pure-Python RSA, the key parsed from PEM)."""
+    return dkim.DKIM(data).sign(signer.selector, signer.domain, signer.pem, include_headers=include,
+                                canonicalize=(b"relaxed", b"simple"))
+
+
+@pytest.mark.parametrize("kind,reply_to,url", [("marketing", "help@acme.test", "https://lf.example/u/abc:def"),
+                                               ("marketing", "", "http://lf.example/u/x"),
+                                               ("transactional", "", "")])
+def test_the_kept_signer_signs_exactly_as_dkimpy_and_verifies(dkim_key, monkeypatch, kind, reply_to, url):
+    import datetime as dt
+
+    private, lookup = dkim_key
+    signer = mime.DkimSigner(domain="acme.test", selector="s1", private_key_pem=private)
+    monkeypatch.setattr(dkim.crypto, "parse_pem_private_key",  # the kept key, never the PEM again
+                        lambda *a: pytest.fail("the PEM key was parsed again"))
+    built = mime.message_build(message=_Message(kind=kind, campaign="Spring sale"),
+                               subject="Grüße, " + "a long subject " * 8, html="<p>" + "Привет мир " * 40 + "</p>",
+                               text="x\n\n\n", sender=_sender(signer, reply_to=reply_to),
+                               now=dt.datetime(2026, 3, 2, tzinfo=dt.timezone.utc), unsubscribe_url=url)
+    assert dkim.verify(built.data, dnsfunc=lookup)
+    header, data = built.data.split(b"\r\nFrom:", 1)
+    data = b"From:" + data
+    monkeypatch.undo()
+    fields = dkim.util.parse_tag_value(header.split(b":", 1)[1])
+    include = fields[b"h"].split(b" : ")
+    monkeypatch.setattr(dkim.time, "time", lambda: int(fields[b"t"]))
+    assert signer.sign(data, include) == _dkimpy_signature(signer, data, include)
+    assert (b"list-unsubscribe-post" in include) == url.startswith("https://")
+    assert (b"reply-to" in include) == bool(reply_to)
+
+
+def test_a_message_dkimpy_would_read_differently_is_still_signed_as_dkimpy_does(dkim_key, monkeypatch):
+    private, lookup = dkim_key
+    signer = mime.DkimSigner(domain="acme.test", selector="s1", private_key_pem=private)
+    monkeypatch.setattr(dkim.time, "time", lambda: 1_772_400_000)
+    for data in [DATA.replace(b"\r\n", b"\n"), b"From: a@acme.test\r\nTo: b@example.org\r\n\r\n",
+                 b"From: a@acme.test\r\nSubject: folded\r\n\tline\r\n\r\nbody\r\n\r\n\r\n"]:
+        signature = signer.sign(data, [b"from", b"to", b"subject"])
+        assert signature == _dkimpy_signature(signer, data, [b"from", b"to", b"subject"])
+        assert dkim.verify(signature + data, dnsfunc=lookup)
+    with pytest.raises(dkim.ParameterError):  # dkimpy's rules still apply
+        signer.sign(DATA, [b"to", b"subject"])
+
+
 # --- servers, domains, settings (services) -------------------------------------------------------
 
 @pytest.mark.django_db

@@ -12,8 +12,10 @@ clock:
    and the rest moved to `sending` with `sending_at`, all in one committed transaction *before*
    any SMTP traffic. Each server gets at most what its rate limit allows in the next few seconds
    (one message when its circuit is half-open).
-3. **Send**, per server: render (`rendering.message_render`), build and sign (`mime`), wait for
-   the rate limiter, hand to the server's connection pool; results are written in batches.
+3. **Send**, per server: render (`rendering.message_render`), build (`mime`), wait for the rate
+   limiter, hand to the server's connection pool, whose thread DKIM-signs (`Built.final`: the RSA
+   step releases the GIL, so it overlaps rendering the next message) and sends; results are
+   written in batches.
    Accepted → `sent` (+ the `sent` event); temporary failure (4xx, refused or dropped
    connection, timeout before the message was complete) → `deferred` with exponential backoff,
    `failed` after the last attempt; permanent 5xx → `failed` (a refused recipient address,
@@ -42,9 +44,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+import orjson
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, IntegerField, Value, When
+from django.db.models import Case, IntegerField, Value, When, prefetch_related_objects
 
 from leadflow.config import ConfigError, env_int
 from leadflow.core import clock
@@ -237,15 +240,22 @@ def _write(outcomes: list[Outcome]) -> None:
 
 
 def _mark_sent(messages: list[Message]) -> None:
-    """One UPDATE … FROM (VALUES …) for a batch of sent messages (each with its own time, subject
-    and Message-ID). Django's bulk_update builds a CASE per column and row in Python, which cost
-    more than the rest of the write."""
+    """One UPDATE for a batch of sent messages (each with its own time, subject and Message-ID).
+    Django's bulk_update builds a CASE per column and row in Python, which cost more than the
+    rest of the write. PostgreSQL: the rows as one JSON parameter (`jsonb_to_recordset`), so the
+    driver does not quote four values a row in Python; SQLite: `UPDATE … FROM (VALUES …)`."""
     table = connection.ops.quote_name(Message._meta.db_table)
     if connection.vendor == "postgresql":
-        row = "(%s::bigint, %s::timestamptz, %s::text, %s::text)"
-    elif connection.vendor == "sqlite":
-        row = "(%s, %s, %s, %s)"
-    else:  # pragma: no cover - LeadFlow runs on PostgreSQL and SQLite
+        payload = orjson.dumps([{"id": m.pk, "sent_at": m.sent_at, "subject": m.subject, "hmid": m.header_message_id}
+                                for m in messages], option=orjson.OPT_NAIVE_UTC).decode()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} AS t SET status = %s, sent_at = v.sent_at, subject = v.subject, "
+                f"header_message_id = v.hmid, error = '', attempts = t.attempts + 1 "
+                f"FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, sent_at timestamptz, subject text, hmid text) "
+                f"WHERE t.id = v.id", [MessageStatus.SENT, payload])
+        return
+    if connection.vendor != "sqlite":  # pragma: no cover - LeadFlow runs on PostgreSQL and SQLite
         Message.objects.bulk_update(messages, ["status", "sent_at", "subject", "header_message_id", "error",
                                                "attempts"])
         return
@@ -257,7 +267,7 @@ def _mark_sent(messages: list[Message]) -> None:
             for m in chunk:
                 params += [m.pk, adapt(m.sent_at), m.subject, m.header_message_id]
             cursor.execute(
-                f"WITH v(id, sent_at, subject, hmid) AS (VALUES {', '.join([row] * len(chunk))}) "
+                f"WITH v(id, sent_at, subject, hmid) AS (VALUES {', '.join(['(%s, %s, %s, %s)'] * len(chunk))}) "
                 f"UPDATE {table} SET status = %s, sent_at = v.sent_at, subject = v.subject, "
                 f"header_message_id = v.hmid, error = '', attempts = {table}.attempts + 1 "
                 f"FROM v WHERE {table}.id = v.id", [*params, MessageStatus.SENT])
@@ -325,7 +335,7 @@ def _claim(*, now: dt.datetime, limit: int, rt: Runtime) -> tuple[list[tuple[Sen
         due = due.exclude(server_id__isnull=True, workspace_id__in=held_default_ws)
     due = (due.annotate(_priority=Case(When(kind=MessageKind.MARKETING, then=Value(1)), default=Value(0),
                                        output_field=IntegerField()))
-           .order_by("_priority", "not_before", "pk").select_related("contact", "version", "template"))
+           .order_by("_priority", "not_before", "pk").select_related("contact"))
     if connection.vendor == "postgresql":
         due = due.select_for_update(skip_locked=True, of=("self",))
     gated = 0
@@ -376,7 +386,8 @@ def _claim(*, now: dt.datetime, limit: int, rt: Runtime) -> tuple[list[tuple[Sen
                 blocked.append(message)
                 blocked_details.append({"reason": decision.reason})
         # A broadcast to a list with many unsubscribed people blocks thousands at once: a few
-        # statements per batch, not a few per message.
+        # statements per batch, not a few per message (their events name template and version).
+        prefetch_related_objects([*deferred, *blocked, *wrong_server], "template", "version")
         Message.objects.bulk_update(deferred, ["status", "not_before", "error"], batch_size=500)
         Message.objects.bulk_update(blocked, ["status", "error"], batch_size=500)
         message_events_record_bulk(messages=deferred, kind=MessageEventKind.DEFERRED, at=now, details=deferred_details)
@@ -462,7 +473,7 @@ def _prepare(message: Message, senders: _Senders, now: dt.datetime) -> tuple[mim
     try:
         built = mime.message_build(message=message, subject=rendered.subject, html=rendered.html, text=rendered.text,
                                    sender=sender, now=now, unsubscribe_url=unsubscribe_url(message),
-                                   workspace_slug=slug)
+                                   workspace_slug=slug, sign_later=True)
     except mime.MimeError as exc:
         return Outcome(message, MessageStatus.FAILED, str(exc), MessageEventKind.FAILED, {"stage": "build"},
                        subject=rendered.subject)
@@ -532,6 +543,9 @@ def _send_group(server: SendingServer, messages: list[Message], *, rt: Runtime, 
         failure = None
         try:
             future.result()
+        except mime.SignError as exc:  # signed in the SMTP thread, before any SMTP traffic
+            outcome = Outcome(message, MessageStatus.FAILED, str(exc), MessageEventKind.FAILED, {"stage": "build"},
+                              subject=subject)
         except smtp.SmtpFailure as exc:
             failure = exc
             outcome = _failure_outcome(message, exc, clock.now())
@@ -561,7 +575,7 @@ def _send_group(server: SendingServer, messages: list[Message], *, rt: Runtime, 
                     rt.sleep(wait)
                     wait = bucket.take()
                 inflight.append((message, built, subject,
-                                 transport.submit(built.envelope_from, built.recipient, built.data)))
+                                 transport.submit(built.envelope_from, built.recipient, built.final)))
             following += 1
             while inflight and (len(inflight) > transport.size * 2 or inflight[0][3].done()):
                 settle(inflight.popleft())

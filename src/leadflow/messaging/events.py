@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from django.db import IntegrityError, transaction
+import orjson
+from django.db import IntegrityError, connection, transaction
 
 from leadflow.core import clock
 from leadflow.messaging.models import Message, MessageEvent, MessageEventKind
@@ -104,10 +105,9 @@ def message_events_record_bulk(*, messages: list[Message], kind: str, at: dt.dat
     if not messages:
         return 0
     at = at or clock.now()
-    rows = MessageEvent.objects.bulk_create(
-        [MessageEvent(workspace_id=m.workspace_id, message=m, contact_id=m.contact_id, kind=kind, at=at,
-                      detail=details[i] if details else {})
-         for i, m in enumerate(messages)])
+    rows = _events_insert([MessageEvent(workspace_id=m.workspace_id, message=m, contact_id=m.contact_id, kind=kind,
+                                        at=at, detail=details[i] if details else {})
+                           for i, m in enumerate(messages)])
     column = FIRST_TIME.get(kind)
     if column:
         Message.objects.filter(pk__in=[m.pk for m in messages], **{f"{column}__isnull": True}).update(**{column: at})
@@ -125,6 +125,30 @@ def message_events_record_bulk(*, messages: list[Message], kind: str, at: dt.dat
         for workspace_id, items in by_workspace.items():
             system_events_append(workspace_id=workspace_id, now=at, system="email", items=items)
     return len(rows)
+
+
+_INSERT_COLUMNS = ("workspace_id", "message_id", "contact_id", "kind", "at", "machine", "url", "detail")
+
+
+def _events_insert(rows: list[MessageEvent]) -> list[MessageEvent]:
+    """`bulk_create(rows)`. On PostgreSQL the rows go as one JSON parameter into `INSERT … SELECT
+    … FROM jsonb_populate_recordset(…) RETURNING id`: Django sends a bulk insert as one array per
+    column, and psycopg quotes every array element in Python."""
+    if connection.vendor != "postgresql":
+        return MessageEvent.objects.bulk_create(rows)
+    table = connection.ops.quote_name(MessageEvent._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(c) for c in _INSERT_COLUMNS)
+    payload = orjson.dumps([{column: getattr(row, column) for column in _INSERT_COLUMNS} for row in rows],
+                           option=orjson.OPT_NAIVE_UTC).decode()
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM "
+                       f"jsonb_populate_recordset(NULL::{table}, %s::jsonb) RETURNING id", [payload])
+        ids = [pk for (pk,) in cursor.fetchall()]
+    for row, pk in zip(rows, ids):
+        row.pk = pk
+        row._state.adding = False
+        row._state.db = connection.alias
+    return rows
 
 
 def contact_log_identity(contact) -> dict:

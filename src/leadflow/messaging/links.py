@@ -4,7 +4,9 @@
 `href` of Outlook's VML buttons inside `<!--[if mso]>` comments) and the bare URLs of its text
 part to a signed `/e/c/TOKEN` URL, appends UTM parameters to the destination, and adds the open
 pixel `/e/o/TOKEN` before `</body>`. Only the rewritten tags change: the HTML is read as the
-standard library's parser reads it and the rest of the document is kept byte for byte.
+standard library's parser reads it and the rest of the document is kept byte for byte. The scan
+(`links_plan`) and the rewriting (`links_apply`) are separate so a render plan scans a document
+shape once for many messages (`messaging.render_plans`).
 
 `open_record` and `click_record` are what the public endpoints call. They flag *machine* opens
 (privacy proxies such as Apple Mail Privacy Protection, security scanners) and *bot* clicks (HEAD
@@ -19,13 +21,14 @@ import datetime as dt
 import functools
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape, unescape
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from leadflow.core import clock
 from leadflow.messaging.models import Message, MessageEvent, MessageEventKind
-from leadflow.messaging.tokens import BadToken, public_url, token_make, token_read
+from leadflow.messaging.tokens import BadToken, click_token, public_url, token_make, token_read
 
 # --- rewriting ----------------------------------------------------------------------------------
 
@@ -147,17 +150,18 @@ def _skip_incomplete(source: str, i: int) -> int:
 
 
 class _Scan:
-    """The start tags to rewrite and where `</body>` is, as offsets into the source."""
+    """The link tags (with an href) that may be rewritten and where `</body>` is, as offsets into
+    the source. Whether a link is tracked is decided when the plan is applied."""
 
-    def __init__(self, source: str, *, in_comment: bool = False, untracked: tuple[str, ...] = (),
-                 pixel_prefix: str = ""):
-        self.links: list[tuple[int, int, str, list, bool, int]] = []  # start, end, tag, attrs, closed, href index
+    def __init__(self, source: str, *, in_comment: bool = False, pixel_prefix: str = ""):
+        # start, end, tag, attrs, closed, indexes of its non-empty href attributes
+        self.links: list[tuple[int, int, str, list, bool, tuple[int, ...]]] = []
         self.comments: list[tuple[int, str]] = []  # offset of the comment text, text
         self.body_end: int | None = None
         self.has_pixel = False
-        self._run(source, in_comment, untracked, pixel_prefix)
+        self._run(source, in_comment, pixel_prefix)
 
-    def _run(self, source: str, in_comment: bool, untracked: tuple[str, ...], pixel_prefix: str) -> None:
+    def _run(self, source: str, in_comment: bool, pixel_prefix: str) -> None:
         pos = 0
         search = _MARKUP.search
         while True:
@@ -255,20 +259,34 @@ class _Scan:
                 if src.startswith(pixel_prefix):
                     self.has_pixel = True
                 continue
-            for index, (attr_name, value) in enumerate(attrs):
-                if attr_name == "href" and value and _is_tracked_destination(value.strip(), untracked):
-                    self.links.append((i, end, tag, attrs, closed, index))
-                    break
+            hrefs = tuple(index for index, (attr_name, value) in enumerate(attrs) if attr_name == "href" and value)
+            if hrefs:
+                self.links.append((i, end, tag, attrs, closed, hrefs))
 
 
-def _html_edits(html: str, untracked: tuple[str, ...], pixel_prefix: str) -> tuple[list, _Scan]:
-    scanner = _Scan(html, untracked=untracked, pixel_prefix=pixel_prefix)
+@dataclass(frozen=True)
+class LinkPlan:
+    """What `links_track` needs to know about one HTML document: its link tags (offsets, tag,
+    attributes, href indexes), where `</body>` is, whether it already has the open pixel."""
+
+    links: tuple
+    body_end: int | None
+    has_pixel: bool
+    empty: bool
+
+
+def links_plan(html: str) -> LinkPlan:
+    """Scan `html` once. The plan may be applied to many messages (`links_apply`), also to
+    documents that differ from `html` only by values put in place of placeholders."""
+    pixel_prefix = public_url("e/o/")
+    scanner = _Scan(html, pixel_prefix=pixel_prefix)
     links = list(scanner.links)
     for offset, text in scanner.comments:
-        inner = _Scan(text, in_comment=True, untracked=untracked, pixel_prefix=pixel_prefix)
+        inner = _Scan(text, in_comment=True, pixel_prefix=pixel_prefix)
         links.extend((offset + s, offset + e, tag, attrs, closed, i) for s, e, tag, attrs, closed, i in inner.links)
     links.sort(key=lambda link: link[0])
-    return links, scanner
+    return LinkPlan(links=tuple(links), body_end=scanner.body_end, has_pixel=scanner.has_pixel,
+                    empty=not html.strip())
 
 
 def _text_links(text: str, untracked: tuple[str, ...]) -> list[tuple[int, int, str]]:
@@ -291,14 +309,27 @@ def links_track(*, html: str, text: str, message) -> tuple[str, str]:
 
     Idempotent: links already pointing at `/e/c/` and an existing pixel are left alone.
     """
+    html = html or ""
+    return links_apply(links_plan(html), html=html, text=text or "", message=message)
+
+
+def links_apply(plan: LinkPlan, *, html: str, text: str, message,
+                fill: Callable[[str], str] | None = None) -> tuple[str, str]:
+    """`links_track` with the scan already done: `plan` is `links_plan(html)`. With `fill`, `html`
+    holds placeholders that `fill` replaces by this message's values (in the hrefs it decides on
+    and in the result); `text` is this message's final text part."""
     campaign = message.campaign or ""
     content = message.template.slug if message.template_id else ""
-    html = html or ""
-    text = text or ""
     untracked = _untracked_prefixes()
-    links, scanner = _html_edits(html, untracked, public_url("e/o/"))
+    chosen = []
+    for start, end, tag, attrs, closed, hrefs in plan.links:
+        for index in hrefs:
+            href = (fill(attrs[index][1]) if fill is not None else attrs[index][1]).strip()
+            if _is_tracked_destination(href, untracked):
+                chosen.append((start, end, tag, attrs, closed, index, href))
+                break
     text_links = _text_links(text, untracked)
-    destinations = {attrs[i][1].strip() for *_, attrs, _closed, i in links}
+    destinations = {href for *_, href in chosen}
     count = len(destinations) if destinations else len({url for *_, url in text_links})
     tokens: dict[str, str] = {}
     click_base = public_url("e/c/")
@@ -306,25 +337,28 @@ def links_track(*, html: str, text: str, message) -> tuple[str, str]:
     def tracked(url: str) -> str:
         if url not in tokens:
             destination = utm_add(url, campaign=campaign, content=content)
-            tokens[url] = click_base + token_make("click", {"m": message.pk, "u": destination, "n": count})
+            tokens[url] = click_base + click_token(message.pk, destination, count)
         return tokens[url]
 
     out, last = [], 0
-    for start, end, tag, attrs, closed, index in links:
+    for start, end, tag, attrs, closed, index, href in chosen:
         rewritten = list(attrs)
-        rewritten[index] = ("href", tracked(attrs[index][1].strip()))
+        rewritten[index] = ("href", tracked(href))
         out.append(html[last:start])
         out.append(_start_tag(tag, rewritten, closed=closed))
         last = end
     tail = html[last:]
-    if html.strip() and not scanner.has_pixel:
+    if not plan.empty and not plan.has_pixel:
         pixel = pixel_html(message)
-        if scanner.body_end is not None and scanner.body_end >= last:
-            cut = scanner.body_end - last
+        if plan.body_end is not None and plan.body_end >= last:
+            cut = plan.body_end - last
             tail = tail[:cut] + pixel + tail[cut:]
         else:
             tail = tail + pixel
     out.append(tail)
+    html_out = "".join(out)
+    if fill is not None:
+        html_out = fill(html_out)
 
     text_out, last = [], 0
     for start, end, url in text_links:
@@ -332,7 +366,7 @@ def links_track(*, html: str, text: str, message) -> tuple[str, str]:
         text_out.append(tracked(url))
         last = end
     text_out.append(text[last:])
-    return "".join(out), "".join(text_out)
+    return html_out, "".join(text_out)
 
 
 # --- machine opens and bot clicks ----------------------------------------------------------------

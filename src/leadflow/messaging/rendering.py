@@ -14,6 +14,8 @@ The pipeline for one message (`message_render`): body (with dynamic blocks) → 
 plain text generated from the HTML when the version has none → preheader as hidden preview text
 → `messaging.links.links_track` (click tracking, UTM, open pixel) → CSS inlined (css-inline,
 keeping `@media` and `:hover` rules in a `<style>`). Previews (`version_render`) skip tracking.
+`message_render` hands the work after Jinja to `messaging.render_plans`, which does it once per
+document shape and gives the same text (falling back to this pipeline whenever it cannot).
 """
 
 from __future__ import annotations
@@ -131,8 +133,8 @@ class _Budget:
 class EmailSandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%"})
 
-    def __init__(self, *, html: bool) -> None:
-        super().__init__(autoescape=html, undefined=Undefined, auto_reload=False, cache_size=0)
+    def __init__(self, *, html: bool, finalize: Callable | None = None) -> None:
+        super().__init__(autoescape=html, undefined=Undefined, auto_reload=False, cache_size=0, finalize=finalize)
         self.mode = "html" if html else "text"
         self.globals.pop("lipsum", None)
         self.globals.pop("range", None)  # a per-render, budgeted range is put in the context
@@ -164,6 +166,8 @@ class EmailSandbox(ImmutableSandboxedEnvironment):
     def getattr(self, obj, attribute: str):
         if isinstance(attribute, str) and attribute.startswith("_"):
             self.unsafe_undefined(obj, attribute)
+        if type(obj) is Data and attribute in obj:
+            return obj[attribute]  # what Jinja reads after Data refuses the attribute, without the exception
         return super().getattr(obj, attribute)
 
     def getitem(self, obj, argument):
@@ -234,7 +238,12 @@ def _filter_width(original: Callable, name: str, argument: str, *, limit: int = 
 
 @functools.cache
 def environment(mode: str) -> EmailSandbox:
-    """The one sandbox per mode ("html": autoescaped, "text": not), built once per process."""
+    """The one sandbox per mode ("html": autoescaped, "text": not, "marked": "html" with every
+    value it writes between markers, see `messaging.render_plans`), built once per process."""
+    if mode == "marked":
+        from leadflow.messaging.render_plans import value_mark
+
+        return EmailSandbox(html=True, finalize=value_mark)
     return EmailSandbox(html=mode == "html")
 
 
@@ -291,10 +300,10 @@ def block_calls(*, source: str, mode: str = "html") -> set[str]:
     return names
 
 
-def _render_part(source: str, *, part: str, mode: str, context: dict) -> str:
+def _render_part(source: str, *, part: str, mode: str, context: dict, marked: bool = False) -> str:
     if not source:
         return ""
-    template = _compiled(mode, part, source)
+    template = _compiled("marked" if marked else mode, part, source)
     size = 0
     chunks: list[str] = []
     try:
@@ -550,31 +559,47 @@ def _text_tokens(element, out: list, lists: list) -> None:
             if child.tail:
                 out.append(("text", child.tail))
     if tag == "a":
-        href = (element.get("href") or "").strip()
-        label = _SPACES.sub(" ", element.text_content()).strip()
-        if _LINKABLE.match(href) and label != href and label != href.partition(":")[2]:
-            out.append(("text", f" ({href})" if label else href))
+        out.append(("link", ((element.get("href") or "").strip(), _SPACES.sub(" ", element.text_content()).strip())))
     if tag in ("ul", "ol"):
         lists.pop()
     if block:
         out.append(("break", block))
 
 
+def link_note(href: str, label: str) -> str:
+    """What the text part adds after a link's text: its URL when it is a web or mail link whose
+    text does not already say it ("" otherwise)."""
+    if _LINKABLE.match(href) and label != href and label != href.partition(":")[2]:
+        return f" ({href})" if label else href
+    return ""
+
+
 def html_to_text(html: str) -> str:
     """A readable plain-text part from HTML: headings, paragraphs, lists and table rows on their
     own lines, hidden elements, styles and images dropped, every link as `text (URL)` so its URL
     survives."""
+    return text_assemble(text_tokens(html))
+
+
+def text_tokens(html: str) -> list[tuple[str, object]]:
+    """The first half of `html_to_text`: the document read into text, break and link tokens."""
     import lxml.html
     from lxml.etree import ParserError
 
     if not html.strip():
-        return ""
+        return []
     try:
         root = lxml.html.document_fromstring(html)
     except (ParserError, ValueError):
-        return ""
-    tokens: list[tuple[str, str]] = []
+        return []
+    tokens: list[tuple[str, object]] = []
     _text_tokens(root, tokens, [])
+    return tokens
+
+
+def text_assemble(tokens: list[tuple[str, object]], note: Callable[[str, str], str] = link_note) -> str:
+    """The second half of `html_to_text`: lines from the tokens; `note(href, label)` says what
+    follows each link's text."""
     lines: list[str] = []
     line = ""
     wanted_gap = 0  # blank lines wanted before the next text
@@ -586,6 +611,11 @@ def html_to_text(html: str) -> str:
         line = ""
 
     for kind, value in tokens:
+        if kind == "link":
+            value = note(*value)
+            if not value:
+                continue
+            kind = "text"
         if kind == "text":
             text = _SPACES.sub(" ", value.replace("\xa0", " "))
             if not line:
@@ -647,7 +677,12 @@ def _document(html: str) -> str:
 def _with_preheader(html: str, preheader: str) -> str:
     if not preheader:
         return html
-    hidden = f'<div style="{PREHEADER_STYLE}">{escape(preheader)}{PREHEADER_FILL}</div>'
+    return with_preheader_html(html, escape(preheader))
+
+
+def with_preheader_html(html: str, escaped: str) -> str:
+    """`html` with the hidden preview text (already escaped) first in its body."""
+    hidden = f'<div style="{PREHEADER_STYLE}">{escaped}{PREHEADER_FILL}</div>'
     match = _BODY_OPEN.search(html)
     if match is None:
         return hidden + html
@@ -718,7 +753,7 @@ def _budgeted(context: dict) -> dict:
 
 
 def _render_with_blocks(source: str, *, part: str, mode: str, data: RenderInput, extra: dict | None = None,
-                        depth: int = 0) -> str:
+                        depth: int = 0, marked: bool = False) -> str:
     context = _budgeted({**_base_context(data, mode), **(extra or {})})
 
     def block(name=""):
@@ -741,20 +776,51 @@ def _render_with_blocks(source: str, *, part: str, mode: str, data: RenderInput,
                                        depth=depth + 1)
             return html_to_text(html).strip()
         rendered = _render_with_blocks(body, part=f'block "{name}", {label} {mode}', mode=mode, data=data,
-                                       depth=depth + 1)
+                                       depth=depth + 1, marked=marked)
         return Markup(rendered) if mode == "html" else rendered
 
     context["block"] = block
-    return _render_part(source, part=part, mode=mode, context=context)
+    return _render_part(source, part=part, mode=mode, context=context, marked=marked)
+
+
+Planner = Callable[[RenderInput, str, Callable[[], tuple[str, str]]], "tuple[str, str] | None"]
 
 
 def render_content(data: RenderInput, *, track: Callable[[str, str], tuple[str, str]] | None = None,
-                   subject_prefix: str = "") -> Rendered:
+                   subject_prefix: str = "", planner: Planner | None = None) -> Rendered:
     """Render prepared content: subject, preheader, body with blocks inside its layout, the text
     part (given or generated), the hidden preheader, tracking (when `track` is given) and
-    inlined CSS."""
+    inlined CSS. A `planner(data, preheader, render)` may produce the same HTML and text faster
+    (`messaging.render_plans`); `render()` is the way below, and None from it means "use it"."""
     subject = _one_line(_render_with_blocks(data.subject, part="subject", mode="text", data=data))
     preheader = _one_line(_render_with_blocks(data.preheader, part="preheader", mode="text", data=data))
+
+    def render() -> tuple[str, str]:
+        return _render_body(data, preheader, track)
+
+    parts = planner(data, preheader, render) if planner is not None else None
+    html, text = parts if parts is not None else render()
+    return Rendered(subject=(subject_prefix + subject).strip(), preheader=preheader, html=html, text=text)
+
+
+def explicit_text(data: RenderInput) -> str:
+    """The text part of a version that has one (its own text, in the layout's text or its HTML
+    frame)."""
+    body_text = _render_with_blocks(data.text, part="text", mode="text", data=data).strip()
+    if data.layout_text.strip():
+        text = _render_with_blocks(data.layout_text, part="layout text", mode="text", data=data,
+                                   extra={"content": body_text})
+    elif data.layout_html:
+        frame = _render_with_blocks(data.layout_html, part="layout html", mode="html", data=data,
+                                    extra={"content": Markup(_CONTENT_MARK)})
+        text = html_to_text(frame).replace(_CONTENT_MARK, body_text)
+    else:
+        text = body_text
+    return text.strip() + "\n"
+
+
+def _render_body(data: RenderInput, preheader: str,
+                 track: Callable[[str, str], tuple[str, str]] | None) -> tuple[str, str]:
     body = _render_with_blocks(data.html, part="html", mode="html", data=data)
     html = body
     if data.layout_html:
@@ -762,24 +828,13 @@ def render_content(data: RenderInput, *, track: Callable[[str, str], tuple[str, 
                                    extra={"content": Markup(body)})
     html = _document(html)
     if data.text.strip():
-        body_text = _render_with_blocks(data.text, part="text", mode="text", data=data).strip()
-        if data.layout_text.strip():
-            text = _render_with_blocks(data.layout_text, part="layout text", mode="text", data=data,
-                                       extra={"content": body_text})
-        elif data.layout_html:
-            frame = _render_with_blocks(data.layout_html, part="layout html", mode="html", data=data,
-                                        extra={"content": Markup(_CONTENT_MARK)})
-            text = html_to_text(frame).replace(_CONTENT_MARK, body_text)
-        else:
-            text = body_text
-        text = text.strip() + "\n"
+        text = explicit_text(data)
     else:
         text = html_to_text(html)
     html = _with_preheader(html, preheader)
     if track is not None:
         html, text = track(html, text)
-    html = css_inline_html(html)
-    return Rendered(subject=(subject_prefix + subject).strip(), preheader=preheader, html=html, text=text)
+    return css_inline_html(html), text
 
 
 # --- versions and messages --------------------------------------------------------------------------
@@ -905,6 +960,7 @@ def message_render(*, message, extra: dict | None = None) -> Rendered:
     contact is gone renders with empty personal data."""
     from leadflow.consent.links import preferences_url, unsubscribe_url
     from leadflow.messaging.links import links_track
+    from leadflow.messaging.render_plans import message_parts
 
     version = message.version
     if version is None:
@@ -956,7 +1012,8 @@ def message_render(*, message, extra: dict | None = None) -> Rendered:
                        workspace_name=name, postal_address=postal, unsubscribe_url=unsubscribe_url(message),
                        preferences_url=preferences, variables=plain(variables), segments=segments)
     return render_content(data, track=lambda html, text: links_track(html=html, text=text, message=message),
-                          subject_prefix="[Test] " if message.kind == "test" else "")
+                          subject_prefix="[Test] " if message.kind == "test" else "",
+                          planner=functools.partial(message_parts, message=message))
 
 
 def version_lint(*, version=None, content: dict | None = None) -> list[str]:

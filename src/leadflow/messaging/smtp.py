@@ -360,7 +360,10 @@ class SmtpPool:
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="leadflow-smtp")
 
-    def submit(self, envelope_from: str, recipient: str, data: bytes) -> Future:
+    def submit(self, envelope_from: str, recipient: str, data: bytes | Callable[[], bytes]) -> Future:
+        """Send in a pool thread. `data` may be a function making the bytes there (the dispatcher
+        passes `Built.final`, which DKIM-signs); what it raises is the Future's error, before any
+        SMTP traffic."""
         return self._executor.submit(self.send, envelope_from, recipient, data)
 
     def _take(self) -> tuple[Connection, bool]:
@@ -383,9 +386,11 @@ class SmtpPool:
                 return
         connection.close()  # the pool was closed while this one was in use
 
-    def send(self, envelope_from: str, recipient: str, data: bytes) -> str:
+    def send(self, envelope_from: str, recipient: str, data: bytes | Callable[[], bytes]) -> str:
         """Send one message on a pooled connection. A reused connection that turns out to have
         been dropped before anything of this message was accepted is replaced once, silently."""
+        if callable(data):
+            data = data()
         connection, reused = self._take()
         try:
             return connection.send(envelope_from, recipient, data)
@@ -428,15 +433,23 @@ class FileTransport:
         self.config = config
         self.folder = Path(config.file_path)
 
-    def submit(self, envelope_from: str, recipient: str, data: bytes) -> Future:
+    def submit(self, envelope_from: str, recipient: str, data: bytes | Callable[[], bytes]) -> Future:
         future: Future = Future()
+        if callable(data):
+            try:
+                data = data()
+            except Exception as exc:  # the Future's error, as in a pool thread
+                future.set_exception(exc)
+                return future
         try:
             future.set_result(self.send(envelope_from, recipient, data))
         except SmtpFailure as failure:
             future.set_exception(failure)
         return future
 
-    def send(self, envelope_from: str, recipient: str, data: bytes) -> str:
+    def send(self, envelope_from: str, recipient: str, data: bytes | Callable[[], bytes]) -> str:
+        if callable(data):
+            data = data()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.monotonic_ns()}.eml"

@@ -8,7 +8,8 @@ for another (an unsubscribe), and any altered byte is refused. Links built from 
 The format is `PAYLOAD:MAC`: URL-safe base64 of the compact JSON payload, and URL-safe base64 of
 an HMAC-SHA256 of it (truncated to 128 bits) under a key derived from SECRET_KEY and the purpose.
 A message carries about ten tokens, so this is on the sending hot path: it costs a few
-microseconds, where `django.core.signing.dumps` with compression cost ~0.2 ms. Tokens made in the
+microseconds, where `django.core.signing.dumps` with compression cost ~0.2 ms (`click_token` makes
+the same click token with the destination's JSON made once per URL). Tokens made in the
 earlier `signing.dumps` format (`PAYLOAD:TIMESTAMP:SIGNATURE`, in mail already delivered) are
 still read.
 
@@ -41,15 +42,32 @@ def _key(purpose: str, secret: str) -> bytes:
 
 
 def _mac(purpose: str, secret: str, payload: bytes) -> bytes:
-    digest = hmac.new(_key(purpose, secret), payload, hashlib.sha256).digest()[:16]
+    digest = hmac.digest(_key(purpose, secret), payload, "sha256")[:16]
     return base64.urlsafe_b64encode(digest).rstrip(b"=")
+
+
+def _token(purpose: str, payload_json: str) -> str:
+    data = base64.urlsafe_b64encode(payload_json.encode()).rstrip(b"=")
+    return (data + b":" + _mac(purpose, settings.SECRET_KEY, data)).decode()
 
 
 def token_make(purpose: str, payload: dict) -> str:
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}")
-    data = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).rstrip(b"=")
-    return (data + b":" + _mac(purpose, settings.SECRET_KEY, data)).decode()
+    return _token(purpose, json.dumps(payload, separators=(",", ":")))
+
+
+@functools.lru_cache(maxsize=4096)  # a batch repeats its destinations
+def _json_string(value: str) -> str:
+    return json.dumps(value)
+
+
+def click_token(message_id: int, url: str, links: int) -> str:
+    """`token_make("click", {"m": message_id, "u": url, "n": links})`, the same token, with the
+    URL's JSON made once per URL: a message carries several click tokens."""
+    if type(message_id) is not int or type(links) is not int:
+        return token_make("click", {"m": message_id, "u": url, "n": links})
+    return _token("click", f'{{"m":{message_id},"u":{_json_string(url)},"n":{links}}}')
 
 
 def _legacy_read(purpose: str, token: str, max_age: float | None) -> object:
@@ -94,9 +112,13 @@ def public_url(path: str) -> str:
     return f"{base.rstrip('/')}/{path.lstrip('/')}"
 
 
+@functools.lru_cache(maxsize=8)
+def _verp_key(secret: str) -> bytes:
+    return hashlib.sha256(("leadflow.verp" + secret).encode()).digest()
+
+
 def _verp_mac(number: bytes) -> bytes:
-    key = hashlib.sha256(("leadflow.verp" + settings.SECRET_KEY).encode()).digest()
-    return hmac.new(key, number, hashlib.sha256).digest()[:5]
+    return hmac.digest(_verp_key(settings.SECRET_KEY), number, "sha256")[:5]
 
 
 def verp_local(message_id: int) -> str:
