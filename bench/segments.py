@@ -11,13 +11,15 @@ INSERT … SELECT generate_series in chunks, then ANALYZE. Then times, in this p
 
 1. full evaluation: `Contact.objects.filter(workspace).filter(per_row(filter_q(...)))` `.count()` and the id
    list (what the membership full evaluation reads); EXPLAIN ANALYZE printed if over target;
-2. `segment_preview` (count and a sample of 20);
-4. `segment_create` of the dynamic segment (first full evaluation with membership writes);
+2. `segment_preview` (count and a sample of 20), several runs, and the median;
+4. `segment_create` of the dynamic segment (first full evaluation with membership writes), with the
+   time its queries took by step (the evaluation, the locked re-check, member/change rows, events);
 3. incremental: 1,000 new events for ~1,000 random contacts, then the pipeline's segments stage
    `leadflow.segments.processing.process_events(events)` in a transaction (several rounds).
 
-Prints the figures and peak RSS, then drops the database.
-Usage: python bench/segments.py [--contacts N] [--events M] [--rounds R] [--explain] [--keep]
+Every figure is printed with the machine's 1-minute load average at its start (other jobs share
+the cores). Prints the figures and peak RSS, then drops the database.
+Usage: python bench/segments.py [--contacts N] [--events M] [--rounds R] [--previews P] [--explain] [--keep]
 """
 
 from __future__ import annotations
@@ -88,6 +90,38 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
+class QueryTimes:
+    """An execute wrapper adding up the time of each statement by the step of `segment_create` it
+    belongs to (told apart by the statement's text)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @staticmethod
+    def step(sql: str) -> str:
+        if sql.startswith("SELECT DISTINCT"):
+            return "re-check of the changed contacts, locked" if '"id" IN (' in sql else "evaluation"
+        if "FOR UPDATE" in sql:
+            return "locking the changed contacts"
+        if '"tracking_event"' in sql:
+            return "Segment Entered events"
+        if '"segments_segmentmember"' in sql or '"segments_segmentchange"' in sql:
+            return "member and change rows"
+        return "other statements"
+
+    def __call__(self, execute, sql, params, many, context):
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            step = self.step(sql)
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - started
+
+
 def admin(sql: str) -> None:
     import psycopg
 
@@ -141,6 +175,7 @@ def main() -> int:
     parser.add_argument("--contacts", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, default=20_000_000)
     parser.add_argument("--rounds", type=int, default=5, help="incremental rounds of 1,000 events")
+    parser.add_argument("--previews", type=int, default=5, help="preview runs (the median is reported)")
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE even if on target")
     parser.add_argument("--keep", action="store_true", help="do not drop the database at the end")
     parser.add_argument("--reuse", action="store_true",
@@ -169,7 +204,7 @@ def main() -> int:
         from leadflow.segments import processing
         from leadflow.segments.compiler import filter_q, per_row
         from leadflow.segments.language import filter_parse
-        from leadflow.segments.models import SegmentMember
+        from leadflow.segments.models import SegmentChange, SegmentMember
         from leadflow.segments.preview import segment_preview
         from leadflow.segments.services import segment_create
         from leadflow.tracking.models import Event
@@ -179,9 +214,17 @@ def main() -> int:
 
         now = clock.now()
         if args.reuse:
+            # What an earlier run added: its segments with their Segment Entered/Exited events
+            # and the incremental rounds' events, found by message id through the unique index
+            # (a `LIKE 'incr-%'` would read the whole 10 GB table).
             workspace = Workspace.objects.get(slug="bench")
+            added = [f"lf-segment-{pk}" for pk in SegmentChange.objects.filter(workspace=workspace)
+                     .values_list("pk", flat=True)]
+            added += [f"incr-{r}-{k}" for r in range(100) for k in range(1, 1001)]
+            for start in range(0, len(added), 5000):
+                Event.objects.filter(workspace=workspace, message_id__in=added[start:start + 5000])._raw_delete(
+                    Event.objects.db)
             Segment.objects.filter(workspace=workspace).delete()
-            Event.objects.filter(workspace=workspace, message_id__startswith="incr-").delete()
             first_contact = Contact.objects.filter(workspace=workspace).order_by("pk").values_list(
                 "pk", flat=True).first()
             args.contacts = Contact.objects.filter(workspace=workspace).count()
@@ -221,43 +264,59 @@ def main() -> int:
         now = clock.now()
         matching = Contact.objects.filter(workspace_id=workspace.pk).filter(
             per_row(filter_q(flt, workspace_id=workspace.pk, now=now)))  # as membership evaluates it
+        count_load = load()
         started = time.perf_counter()
         count = matching.count()
         count_seconds = time.perf_counter() - started
+        ids_load = load()
         started = time.perf_counter()
         ids = list(matching.values_list("pk", flat=True).distinct())
         ids_seconds = time.perf_counter() - started
-        print(f"(1) full evaluation: count {count:,} in {count_seconds:.2f} s; id list ({len(ids):,}) in "
-              f"{ids_seconds:.2f} s; peak RSS {rss_mb():.0f} MB", flush=True)
-        results.append(("(1) full evaluation, `.count()`", f"{count_seconds:.2f} s ({count:,} match)"))
-        results.append(("(1) full evaluation, id list", f"{ids_seconds:.2f} s"))
+        print(f"(1) full evaluation: count {count:,} in {count_seconds:.2f} s ({count_load}); id list "
+              f"({len(ids):,}) in {ids_seconds:.2f} s ({ids_load}); peak RSS {rss_mb():.0f} MB", flush=True)
+        results.append(("(1) full evaluation, `.count()`", f"{count_seconds:.2f} s ({count:,} match; {count_load})"))
+        results.append(("(1) full evaluation, id list", f"{ids_seconds:.2f} s ({ids_load})"))
         if args.explain or max(count_seconds, ids_seconds) > 10:
             plan = matching.values("pk").explain(analyze=True, buffers=True)
             print("EXPLAIN ANALYZE of (1), first lines:")
             for line in plan.splitlines()[:40]:
                 print("   ", line)
 
-        # (2) preview.
-        started = time.perf_counter()
-        preview = segment_preview(workspace=workspace, definition=DEFINITION, limit=20)
-        preview_seconds = time.perf_counter() - started
-        how = (f"estimated from {preview['sampled']:,} sampled contacts, 95% {preview['count_low']:,}–"
-               f"{preview['count_high']:,}" if preview["estimated"] else "exact")
-        print(f"(2) preview: count {preview['count']:,} ({how}) + {len(preview['sample'])} sample rows in "
-              f"{preview_seconds:.2f} s (sql_ms {preview['sql_ms']:.0f})", flush=True)
-        results.append(("(2) `segment_preview` (count + 20 sample rows)",
-                        f"{preview_seconds:.2f} s ({preview['count']:,}, {how})"))
+        # (2) preview, several runs.
+        preview_timings, loads = [], []
+        for run in range(args.previews):
+            loads.append(os.getloadavg()[0])
+            started = time.perf_counter()
+            preview = segment_preview(workspace=workspace, definition=DEFINITION, limit=20)
+            preview_seconds = time.perf_counter() - started
+            preview_timings.append(preview_seconds)
+            how = (f"estimated from {preview['sampled']:,} sampled contacts, 95% {preview['count_low']:,}–"
+                   f"{preview['count_high']:,}" if preview["estimated"] else "exact")
+            print(f"(2) preview {run + 1}: count {preview['count']:,} ({how}) + {len(preview['sample'])} sample "
+                  f"rows in {preview_seconds:.2f} s (sql_ms {preview['sql_ms']:.0f}; load {loads[-1]:.1f})",
+                  flush=True)
+        results.append((f"(2) `segment_preview` (count + 20 sample rows; median of {args.previews}; min–max)",
+                        f"{statistics.median(preview_timings):.2f} s ({min(preview_timings):.2f}–"
+                        f"{max(preview_timings):.2f} s; {preview['count']:,}, {how}; load "
+                        f"{min(loads):.1f}–{max(loads):.1f})"))
 
         # (4) the dynamic segment saved: first full evaluation with membership writes.
+        create_load = load()
+        times = QueryTimes()
         started = time.perf_counter()
-        segment = segment_create(workspace=workspace, name="Hot SaaS prospects", kind="dynamic",
-                                 definition=DEFINITION, actor="bench")
+        with connection.execute_wrapper(times):
+            segment = segment_create(workspace=workspace, name="Hot SaaS prospects", kind="dynamic",
+                                     definition=DEFINITION, actor="bench")
         create_seconds = time.perf_counter() - started
         members = SegmentMember.objects.filter(segment=segment).count()
+        steps = "; ".join(f"{name} {seconds:.2f} s" for name, seconds in
+                          sorted(times.seconds.items(), key=lambda item: -item[1]))
+        outside = create_seconds - sum(times.seconds.values())
         print(f"(4) segment_create (first full evaluation + {members:,} member rows, changes, events): "
-              f"{create_seconds:.2f} s; peak RSS {rss_mb():.0f} MB", flush=True)
+              f"{create_seconds:.2f} s ({create_load}): {steps}; outside the database {outside:.2f} s; "
+              f"peak RSS {rss_mb():.0f} MB", flush=True)
         results.append(("(4) `segment_create`: first full evaluation with membership writes",
-                        f"{create_seconds:.2f} s ({members:,} members)"))
+                        f"{create_seconds:.2f} s ({members:,} members; {create_load}): {steps}"))
 
         # (3) incremental: 1,000 new events for ~1,000 random existing contacts, then the segments stage.
         timings = []
@@ -289,6 +348,7 @@ def main() -> int:
                 new_ids = [row[0] for row in cursor.fetchall()]
             events = list(Event.objects.filter(pk__in=new_ids).order_by("pk"))
             before = SegmentMember.objects.filter(segment=segment).count()
+            round_load = load()
             started = time.perf_counter()
             with transaction.atomic():
                 processing.process_events(events)
@@ -296,7 +356,7 @@ def main() -> int:
             after = SegmentMember.objects.filter(segment=segment).count()
             timings.append(seconds)
             print(f"(3) round {r + 1}: segments stage for 1,000 events "
-                  f"({len({e.contact_id for e in events}):,} contacts): {seconds * 1000:.0f} ms, "
+                  f"({len({e.contact_id for e in events}):,} contacts): {seconds * 1000:.0f} ms ({round_load}), "
                   f"members {before:,} -> {after:,}", flush=True)
         median = statistics.median(timings)
         results.append((f"(3) incremental: segments stage per 1,000 events (median of {args.rounds}; min–max)",

@@ -6,6 +6,7 @@ run with LEADFLOW_TEST_DATABASE_URL for the latter)."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import uuid
 
 import pytest
@@ -475,6 +476,55 @@ def test_preview_over_its_budget_estimates_from_a_sample(people, monkeypatch):
         assert {row["id"] for row in estimate["sample"]} <= {c.pk for c in in_sample}
 
 
+def _hashed_bucket(pk: int, step: int) -> int:
+    return (pk % 2_147_483_647) * 1_327_217_885 % 2_147_483_647 % step
+
+
+def _wilson_bounds(hits: int, n: int) -> tuple[float, float]:
+    z = 1.96
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def test_preview_estimate_decides_each_sampled_contact_and_brackets_the_exact_count(db, monkeypatch):
+    """The estimate path with a behavioural filter: every sampled contact is decided (profile and
+    event conditions), the count is the sampled share scaled to the workspace, the 95% interval
+    is Wilson's around it and holds the exact count, and the sample rows are the newest sampled
+    matches."""
+    from leadflow.segments import preview as preview_module
+
+    ws = workspace_create(name="estimate")
+    contacts = Contact.objects.bulk_create([Contact(workspace=ws, email=f"p{i}@x.test", engagement_score=i % 50)
+                                            for i in range(240)])
+    Event.objects.bulk_create(
+        [_event(ws, c, "Asset Downloaded", ago(days=i % 45), properties={"magnet_slug": "pricing-guide"})
+         for i, c in enumerate(contacts) if i % 2 == 0]
+        + [_event(ws, c, "Asset Downloaded", ago(days=1), properties={"magnet_slug": "ebook"})
+           for i, c in enumerate(contacts) if i % 2 == 1])
+    definition = {"all": [{"field": "engagement_score", "op": "gt", "value": 10},
+                          {"magnet_downloaded": "pricing-guide", "within_days": 30}]}
+    matching = {c.pk for i, c in enumerate(contacts) if i % 50 > 10 and i % 2 == 0 and i % 45 <= 30}
+    monkeypatch.setattr(preview_module, "SAMPLE_TARGET", 60)  # every 4th contact, by hashed id
+    with clock_module.use(clock_module.FrozenClock(NOW)):
+        exact = segment_preview(workspace=ws, definition=definition)
+        estimate = segment_preview(workspace=ws, definition=definition, limit=3, budget_seconds=0)
+        empty = segment_preview(workspace=ws, definition=definition, limit=0, budget_seconds=0)
+    assert exact == {**exact, "count": len(matching), "estimated": False}
+    sampled = [c.pk for c in contacts if _hashed_bucket(c.pk, 4) == 0]
+    hits = sorted((pk for pk in sampled if pk in matching), reverse=True)
+    assert 0 < len(hits) < len(sampled) < len(contacts)
+    low, high = _wilson_bounds(len(hits), len(sampled))
+    assert {k: estimate[k] for k in ("estimated", "sampled", "count", "count_low", "count_high")} == {
+        "estimated": True, "sampled": len(sampled), "count": round(len(hits) / len(sampled) * 240),
+        "count_low": math.floor(low * 240), "count_high": math.ceil(high * 240)}
+    assert estimate["count_low"] <= exact["count"] <= estimate["count_high"]
+    assert [row["id"] for row in estimate["sample"]] == hits[:3]
+    assert estimate["sample"][0]["email"] == Contact.objects.get(pk=hits[0]).email
+    assert empty["sample"] == [] and empty["count"] == estimate["count"]
+
+
 def test_preview_time_limit_cancels_a_long_query(db):
     from django.db import connection
 
@@ -737,11 +787,34 @@ def _nest(leaves):
     ), max_leaves=4).map(lambda c: {"version": 1, **c})
 
 
-# The whole language mixed, and two focused mixes that hit each family's corners far more often.
+COMPANY_TEXTS = {"company.name": ["Acme", "acme", "ACME INC", "Big_Corp", "inc", "a"],
+                 "company.domain": ["acme.test", "big.test", "test", "ACME"]}
+
+
+@st.composite
+def company_condition(draw):
+    """A company field condition whose value the generated companies often have."""
+    field = draw(st.sampled_from([*COMPANY_TEXTS, "company.traits.employees", "company.traits.plan"]))
+    kind = "json" if field.startswith("company.traits.") else "text"
+    op = draw(st.sampled_from(OPS[kind]))
+    cond = {"field": field, "op": op}
+    if op in ("exists", "not_exists"):
+        return cond
+    if kind == "text":
+        one = st.sampled_from(COMPANY_TEXTS[field])
+        cond["value"] = draw(st.lists(one, min_size=1, max_size=2) if op in ("in", "not_in") else one)
+    else:
+        cond["value"] = draw(_value_for(kind, op))
+    return cond
+
+
+# The whole language mixed, and focused mixes that hit each family's corners far more often
+# ("company": several company conditions in one group, which compile to one EXISTS).
 FILTER_MIXES = {
     "mixed": filters,
     "fields": _nest(field_condition()),
     "behaviour": _nest(st.one_of(behaviour(), leaf)),
+    "company": _nest(st.one_of(company_condition(), company_condition(), leaf)),
 }
 PROPERTY_SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[
     HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -781,6 +854,12 @@ def test_sql_agrees_with_the_reference_evaluator_on_fields(db, first, second, da
 @given(first=dataset, second=dataset, data=st.data())
 def test_sql_agrees_with_the_reference_evaluator_on_behaviour(db, first, second, data):
     _agree(first, second, data, "behaviour")
+
+
+@PROPERTY_SETTINGS
+@given(first=dataset, second=dataset, data=st.data())
+def test_sql_agrees_with_the_reference_evaluator_on_company_fields(db, first, second, data):
+    _agree(first, second, data, "company")
 
 
 def _user_exists(username: str) -> bool:

@@ -43,8 +43,10 @@ class Event(models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField()
     shard = models.SmallIntegerField()
+    # No index of its own: `event_contact_time` starts with the contact and serves every lookup by
+    # contact (merges, deletions, timelines) at no extra write cost.
     contact = models.ForeignKey(Contact, null=True, blank=True, on_delete=models.SET_NULL,
-                                related_name="events", db_constraint=False)
+                                related_name="events", db_constraint=False, db_index=False)
     processed_at = models.DateTimeField(null=True, blank=True)
     error = models.CharField(max_length=500, blank=True, default="",
                              help_text="why processing this event failed, if it did")
@@ -60,6 +62,9 @@ class Event(models.Model):
                          condition=models.Q(processed_at__isnull=True)),
             models.Index(fields=["contact", "timestamp"], name="event_contact_time"),
             models.Index(fields=["workspace", "event", "timestamp"], name="event_name_time"),
+            # Named-event tests per person (segment filters); see migration 0002.
+            models.Index(fields=["contact", "event", "timestamp"], name="event_contact_name_time",
+                         condition=models.Q(contact__isnull=False) & ~models.Q(event="")),
         ]
 
 
