@@ -14,7 +14,7 @@ from leadflow.lifecycle.services import lifecycle_settings_update, sales_rep_set
 from leadflow.segments import services as segment_services
 from leadflow.segments.models import SegmentMember
 
-from journey_helpers import apply, at_node, contact_of, identify, send, states, template, tick, track
+from journey_helpers import apply, contact_of, identify, send, states, template, tick, track
 
 pytestmark = pytest.mark.django_db
 

@@ -22,6 +22,8 @@ import logging
 import operator
 import threading
 from collections import defaultdict
+from collections.abc import MutableMapping
+from typing import NamedTuple
 
 import orjson
 from django.db import connection, transaction
@@ -73,6 +75,52 @@ def stable_fraction(*parts: object) -> float:
 
 # --- one pass -----------------------------------------------------------------------------------
 
+class BatchContacts(MutableMapping):
+    """The contacts of a pass's enrollments (with their companies) by id, read in one query the
+    first time a step asks for one: a pass that only waits, branches in SQL or sends (which needs
+    just the addresses, `addresses`) never builds them. Steps that lock and reread contacts put
+    the fresh copies back (`update`)."""
+
+    def __init__(self, ids: set[int]):
+        self._ids = ids
+        self._rows: dict[int, Contact] | None = None
+
+    def _all(self) -> dict[int, Contact]:
+        if self._rows is None:
+            self._rows = Contact.objects.select_related("company").in_bulk(self._ids)
+        return self._rows
+
+    def __getitem__(self, pk: int) -> Contact:
+        return self._all()[pk]
+
+    def __setitem__(self, pk: int, contact: Contact) -> None:
+        self._all()[pk] = contact
+
+    def __delitem__(self, pk: int) -> None:
+        del self._all()[pk]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def addresses(self, ids: list[int]) -> dict[int, Contact | Address]:
+        """The id and email address of each of `ids`: the loaded contacts, or, when none are
+        loaded yet, just those two columns (one light query: a send needs no more)."""
+        if self._rows is not None:
+            return self._rows
+        return {pk: Address(pk, email) for pk, email in Contact.objects.filter(pk__in=set(ids))
+                .values_list("pk", "email")}
+
+
+class Address(NamedTuple):
+    """What the outbox needs of a contact (`messages_queue_many`)."""
+
+    pk: int
+    email: str
+
+
 @dataclasses.dataclass
 class Pass:
     """What one group of enrollments at one node shares, and where a pass collects its writes."""
@@ -81,7 +129,7 @@ class Pass:
     journey: Journey
     version: JourneyVersion
     definition: lang.Definition
-    contacts: dict[int, Contact]
+    contacts: BatchContacts  # the batch's contacts by id (a mapping, read on first use)
     steps: list[tuple]  # history rows, values in STEP_COLUMNS order (written by `steps_write`)
     after: list  # callables run once the batch's enrollments are written (same transaction)
     batch: list = dataclasses.field(default_factory=list)  # every enrollment of the pass (locked)
@@ -212,7 +260,7 @@ def batch_advance(batch: list[Enrollment], *, now: dt.datetime) -> None:
     """Move every enrollment of `batch` (locked by the caller) as far as it goes at `now`."""
     journeys = Journey.objects.in_bulk({e.journey_id for e in batch})
     versions = JourneyVersion.objects.in_bulk({e.version_id for e in batch})
-    contacts = Contact.objects.select_related("company").in_bulk({e.contact_id for e in batch})
+    contacts = BatchContacts({e.contact_id for e in batch})
     steps: list[EnrollmentStep] = []
     after: list = []
     by_version: dict[int, list[Enrollment]] = defaultdict(list)

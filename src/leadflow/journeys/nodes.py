@@ -245,19 +245,26 @@ def _server_id(p: Pass, name: str | None) -> int | None:
     return server.pk
 
 
+def _addresses(p: Pass, contact_ids: list[int]):
+    """The contacts to mail, with at least their address (`BatchContacts.addresses`)."""
+    addresses = getattr(p.contacts, "addresses", None)
+    return addresses(contact_ids) if addresses is not None else p.contacts
+
+
 def queue_emails(p: Pass, node_id: str, items: list[tuple[Enrollment, object]], *, topic: str | None,
                  server: str | None) -> None:
     """Queue one email per (enrollment, template) through the outbox, with the journey's cap."""
     from leadflow.messaging.outbox import messages_queue_many
 
     held = _capped(p, [e.contact_id for e, _ in items])
+    contacts = _addresses(p, [e.contact_id for e, _ in items if e.contact_id not in held])
     by_template = defaultdict(list)
     for e, template in items:
         if e.contact_id in held:
             p.step(e, StepKind.WAITING, reason="journey cap", until=held[e.contact_id].isoformat())
             e.due_at = held[e.contact_id]  # stays at the node, arriving again when the cap frees
             continue
-        contact = p.contacts[e.contact_id]
+        contact = contacts[e.contact_id]
         if not contact.email.strip():
             p.go(e, _next_of(p, node_id), kind=StepKind.SKIPPED, reason="no email address")
             continue
@@ -265,7 +272,7 @@ def queue_emails(p: Pass, node_id: str, items: list[tuple[Enrollment, object]], 
     server_id = _server_id(p, server)
     for pairs in by_template.values():
         template = pairs[0][1]
-        rows = [(p.contacts[e.contact_id], dedupe_key(e, node_id),
+        rows = [(contacts[e.contact_id], dedupe_key(e, node_id),
                  {"journey": p.journey.slug, "event": e.data.get("event", {})}) for e, _ in pairs]
         ids = messages_queue_many(workspace_id=p.journey.workspace_id, rows=rows, template=template,
                                   version=template.approved_version, topic=topic,

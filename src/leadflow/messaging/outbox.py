@@ -9,8 +9,10 @@ already there and sends nothing twice.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
-from django.db import IntegrityError, transaction
+import orjson
+from django.db import IntegrityError, connection, transaction
 
 from leadflow.contacts.models import Contact
 from leadflow.core import clock
@@ -95,40 +97,97 @@ def messages_queue_many(*, workspace_id: int, rows: list[tuple[Contact, str, dic
                         broadcast_id: int | None = None, variant_id: int | None = None,
                         now: dt.datetime | None = None, new_only: bool = False) -> list[int | None]:
     """Queue one marketing message per (contact, dedupe key, context) in a few statements per
-    1,000 rows. Returns the message id of each row, in order: the new row's, or the one already
+    1,000 rows (of the contact only its `pk` and `email` are read, so anything with those two
+    will do). Returns the message id of each row, in order: the new row's, or the one already
     queued under the same key (None for those with `new_only`), so a step redone queues nothing
     twice."""
     now = now or clock.now()
     if version.status not in SENDABLE:
         raise ServiceError(f"version {version.number} of {template.slug!r} is not approved")
     _check_server(workspace_id, server_id)
+    shared = dict(workspace_id=workspace_id, kind=MessageKind.MARKETING,
+                  topic=topic if topic is not None else template.topic, template_id=template.pk,
+                  version_id=version.pk, source=source, campaign=_campaign(template, campaign),
+                  not_before=not_before or now, server_id=server_id, broadcast_id=broadcast_id,
+                  variant_id=variant_id, queued_at=now)
+    insert = _insert_new_pg if connection.vendor == "postgresql" else _insert_new
     out: list[int | None] = []
     for start in range(0, len(rows), BATCH):
         chunk = rows[start:start + BATCH]
         keys = [key for _, key, _ in chunk]
-        # `.exclude(dedupe_key="")` matches the partial unique index, so the lookup can use it.
-        have = dict(Message.objects.filter(workspace_id=workspace_id, dedupe_key__in=keys).exclude(dedupe_key="")
-                    .values_list("dedupe_key", "pk"))
-        new = [Message(workspace_id=workspace_id, contact=c, to_email=c.email.strip(), kind=MessageKind.MARKETING,
-                       topic=topic if topic is not None else template.topic, template=template, version=version,
-                       source=source, campaign=_campaign(template, campaign), context=context,
-                       dedupe_key=key, not_before=not_before or now, server_id=server_id,
-                       broadcast_id=broadcast_id, variant_id=variant_id, queued_at=now)
-               for c, key, context in chunk if key not in have]
-        Message.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
-        stored = {key: (pk, contact_id) for key, pk, contact_id in Message.objects.filter(
-            workspace_id=workspace_id, dedupe_key__in=[m.dedupe_key for m in new], queued_at=now)
-            .exclude(dedupe_key="").values_list("dedupe_key", "pk", "contact_id")}
-        MessageEvent.objects.bulk_create(
-            [MessageEvent(workspace_id=workspace_id, message_id=pk, contact_id=contact_id,
-                          kind=MessageEventKind.QUEUED, at=now) for pk, contact_id in stored.values()],
-            batch_size=BATCH)
-        if len(stored) < len(new):  # another worker queued some of them meanwhile
-            have.update(Message.objects.filter(workspace_id=workspace_id, dedupe_key__in=keys)
-                        .exclude(dedupe_key="").values_list("dedupe_key", "pk"))
+        stored, have = insert(workspace_id, chunk, shared, now)
+        missing = [key for key in keys if key not in stored and key not in have]
+        if missing:  # there already (PostgreSQL skips them on conflict), or queued by another worker meanwhile
+            have.update(_existing(workspace_id, missing))
         for key in keys:
             if key in stored:
-                out.append(stored[key][0])
+                out.append(stored[key])
             else:
                 out.append(None if new_only else have.get(key))
     return out
+
+
+def _existing(workspace_id: int, keys: list[str]) -> dict[str, int]:
+    # `.exclude(dedupe_key="")` matches the partial unique index, so the lookup can use it.
+    return dict(Message.objects.filter(workspace_id=workspace_id, dedupe_key__in=keys).exclude(dedupe_key="")
+                .values_list("dedupe_key", "pk"))
+
+
+def _insert_new(workspace_id: int, chunk: list[tuple[Contact, str, dict]], shared: dict,
+                now: dt.datetime) -> tuple[dict[str, int], dict[str, int]]:
+    """Insert the rows whose key is not queued yet, with their `queued` events. Returns (key → id
+    of the rows inserted here, key → id of those found already there)."""
+    have = _existing(workspace_id, [key for _, key, _ in chunk])
+    new = [Message(contact_id=c.pk, to_email=c.email.strip(), context=context, dedupe_key=key, **shared)
+           for c, key, context in chunk if key not in have]
+    Message.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
+    stored = {key: (pk, contact_id) for key, pk, contact_id in Message.objects.filter(
+        workspace_id=workspace_id, dedupe_key__in=[m.dedupe_key for m in new], queued_at=now)
+        .exclude(dedupe_key="").values_list("dedupe_key", "pk", "contact_id")}
+    MessageEvent.objects.bulk_create(
+        [MessageEvent(workspace_id=workspace_id, message_id=pk, contact_id=contact_id,
+                      kind=MessageEventKind.QUEUED, at=now) for pk, contact_id in stored.values()],
+        batch_size=BATCH)
+    return {key: pk for key, (pk, _) in stored.items()}, have
+
+
+# The columns each queued message fills per row; every other column is the same for the chunk.
+_PER_ROW = ("contact_id", "to_email", "dedupe_key", "context")
+
+
+def _defaults(model, values: dict) -> dict:
+    """Every concrete column but the id, by column name: `values` (by attname) where given, else
+    the field's default, as a JSON object for `jsonb_populate_record`."""
+    return {f.column: values[f.attname] if f.attname in values else f.get_default()
+            for f in model._meta.concrete_fields if not f.primary_key}
+
+
+def _insert_new_pg(workspace_id: int, chunk: list[tuple[Contact, str, dict]], shared: dict,
+                   now: dt.datetime) -> tuple[dict[str, int], dict[str, int]]:
+    """PostgreSQL: the messages and their `queued` events in one statement, `INSERT … ON CONFLICT
+    DO NOTHING RETURNING` (the rows come as one JSON parameter; what every row shares as another),
+    so keys already queued are skipped by the unique index instead of looked up first. Returns
+    (key → id of the rows inserted here, {}: the caller looks up the others only if there are any)."""
+    ops = connection.ops
+    message_table = ops.quote_name(Message._meta.db_table)
+    event_table = ops.quote_name(MessageEvent._meta.db_table)
+    fixed = _defaults(Message, shared)
+    message_columns = [column for column in fixed if column not in _PER_ROW] + list(_PER_ROW)
+    event_fixed = _defaults(MessageEvent, dict(workspace_id=workspace_id, kind=MessageEventKind.QUEUED, at=now))
+    event_columns = [column for column in event_fixed if column not in ("message_id", "contact_id")]
+    q = ops.quote_name
+    sql = (f"WITH new AS (INSERT INTO {message_table} ({', '.join(q(c) for c in message_columns)}) "
+           f"SELECT {', '.join(('v.' if c in _PER_ROW else 'f.') + q(c) for c in message_columns)} "
+           f"FROM jsonb_populate_recordset(NULL::{message_table}, %s::jsonb) AS v, "
+           f"jsonb_populate_record(NULL::{message_table}, %s::jsonb) AS f "
+           f"ON CONFLICT DO NOTHING RETURNING id, contact_id, dedupe_key), "
+           f"events AS (INSERT INTO {event_table} ({', '.join(q(c) for c in event_columns)}, message_id, contact_id) "
+           f"SELECT {', '.join('f.' + q(c) for c in event_columns)}, new.id, new.contact_id "
+           f"FROM new, jsonb_populate_record(NULL::{event_table}, %s::jsonb) AS f) "
+           f"SELECT dedupe_key, id FROM new")
+    payload = [{"contact_id": c.pk, "to_email": c.email.strip(), "dedupe_key": key, "context": context}
+               for c, key, context in chunk]
+    dumps = functools.partial(orjson.dumps, option=orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [dumps(payload).decode(), dumps(fixed).decode(), dumps(event_fixed).decode()])
+        return dict(cursor.fetchall()), {}
