@@ -97,9 +97,9 @@ class Enrollment(models.Model):
     `group` is `holdout` for the control group of a holdout node (they receive nothing)."""
 
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
-    journey = models.ForeignKey(Journey, on_delete=models.CASCADE, related_name="enrollments")
+    journey = models.ForeignKey(Journey, on_delete=models.CASCADE, related_name="enrollments", db_index=False)
     version = models.ForeignKey(JourneyVersion, on_delete=models.PROTECT, related_name="enrollments")
-    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="enrollments")
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="enrollments", db_index=False)
     node = models.CharField(max_length=64)
     state = models.CharField(max_length=10, choices=EnrollmentState.choices, default=EnrollmentState.ACTIVE)
     due_at = models.DateTimeField(null=True, blank=True)
@@ -120,6 +120,8 @@ class Enrollment(models.Model):
             models.UniqueConstraint(fields=["journey", "contact", "entry_key"], name="enrollment_once_per_entry"),
             models.CheckConstraint(condition=models.Q(state__in=EnrollmentState.values), name="enrollment_state_valid"),
         ]
+        # `journey` and `contact` have no index of their own: the unique constraint and
+        # `enrollment_contact` lead with them, and every advanced enrollment writes each index.
         indexes = [
             models.Index(fields=["due_at", "id"], name="enrollment_due", condition=models.Q(state="active")),
             models.Index(fields=["journey", "node", "state"], name="enrollment_node"),
@@ -148,8 +150,8 @@ class EnrollmentStep(models.Model):
     contact's journey history are read from these rows."""
 
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
-    journey = models.ForeignKey(Journey, on_delete=models.CASCADE, related_name="+")
-    enrollment = models.ForeignKey(Enrollment, on_delete=models.CASCADE, related_name="history")
+    journey = models.ForeignKey(Journey, on_delete=models.CASCADE, related_name="+", db_index=False)
+    enrollment = models.ForeignKey(Enrollment, on_delete=models.CASCADE, related_name="history", db_index=False)
     contact_id = models.BigIntegerField()
     node = models.CharField(max_length=64)
     kind = models.CharField(max_length=10, choices=StepKind.choices)
@@ -157,6 +159,7 @@ class EnrollmentStep(models.Model):
     detail = models.JSONField(default=dict, blank=True)
 
     class Meta:
+        # The foreign keys' own indexes would repeat the first column of these two.
         indexes = [
             models.Index(fields=["journey", "node", "kind"], name="enrollment_step_node"),
             models.Index(fields=["enrollment", "at"], name="enrollment_step_enrollment"),

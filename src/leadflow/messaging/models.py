@@ -265,13 +265,16 @@ class Message(models.Model):
     never resent silently."""
 
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
-    contact = models.ForeignKey(Contact, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
+    contact = models.ForeignKey(Contact, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages",
+                                db_index=False)
     to_email = models.CharField(max_length=320)
     kind = models.CharField(max_length=16, choices=MessageKind.choices, default=MessageKind.MARKETING)
     topic = models.CharField(max_length=100, blank=True, default="")
-    template = models.ForeignKey(Template, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
+    template = models.ForeignKey(Template, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages",
+                                 db_index=False)
     version = models.ForeignKey(TemplateVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    broadcast = models.ForeignKey(Broadcast, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
+    broadcast = models.ForeignKey(Broadcast, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages",
+                                  db_index=False)
     variant = models.ForeignKey(BroadcastVariant, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     server = models.ForeignKey(SendingServer, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     source = models.CharField(max_length=200, blank=True, default="",
@@ -304,6 +307,7 @@ class Message(models.Model):
             models.UniqueConstraint(fields=["workspace", "dedupe_key"], condition=~models.Q(dedupe_key=""),
                                     name="message_once_per_key"),
         ]
+        # `contact`, `template` and `broadcast` have no index of their own: these lead with them.
         indexes = [
             models.Index(fields=["status", "not_before"], name="message_due"),
             models.Index(fields=["contact", "sent_at"], name="message_contact_sent"),
@@ -333,8 +337,9 @@ class MessageEvent(models.Model):
     by link scanners: kept, but left out of scoring and statistics by default."""
 
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="events")
-    contact = models.ForeignKey(Contact, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="events", db_index=False)
+    contact = models.ForeignKey(Contact, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                db_index=False)
     kind = models.CharField(max_length=16, choices=MessageEventKind.choices)
     at = models.DateTimeField(default=clock.now)
     machine = models.BooleanField(default=False)
@@ -342,6 +347,7 @@ class MessageEvent(models.Model):
     detail = models.JSONField(default=dict, blank=True)
 
     class Meta:
+        # The foreign keys' own indexes would repeat the first column of these two.
         indexes = [
             models.Index(fields=["message", "kind"], name="messageevent_message"),
             models.Index(fields=["contact", "at"], name="messageevent_contact"),
