@@ -21,6 +21,8 @@ while it runs:
     hang_after_body read the whole message and never answer
     discard         accept and count, keep nothing (benchmarks)
 
+`pipelining=True` makes it offer PIPELINING (RFC 2920), as the large providers do.
+
 `sink.fail_next(n, mode)` applies a transaction mode (not hang_greeting) to the next n transactions only.
 """
 
@@ -37,7 +39,7 @@ import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -97,6 +99,7 @@ class Received:
     data: bytes
     tls: bool = False
     login: str | None = None
+    mail_options: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> email.message.EmailMessage:
@@ -117,6 +120,12 @@ def _text(value) -> str | None:
 class _Handler:
     def __init__(self, sink: SmtpSink):
         self.sink = sink
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.sink.pipelining:  # aiosmtpd reads commands one by one, so pipelined ones just queue
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         mode = self.sink._transaction_mode()
@@ -141,7 +150,8 @@ class _Handler:
         received = Received(mail_from=envelope.mail_from, rcpt_tos=list(envelope.rcpt_tos),
                             data=b"" if mode == "discard" else envelope.original_content,
                             tls=session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None,
-                            login=_text(getattr(session, "auth_data", None)))
+                            login=_text(getattr(session, "auth_data", None)),
+                            mail_options=list(envelope.mail_options))
         if mode == "hang_after_body":
             self.sink._record(received, unanswered=True)
             await asyncio.Event().wait()
@@ -191,8 +201,10 @@ class _SinkSMTP(SMTP):
 
 class SmtpSink:
     def __init__(self, *, tls: TlsFiles | None = None, implicit_tls: bool = False,
-                 auth: tuple[str, str] | None = None, mode: str = "ok", timeout: float = 30):
+                 auth: tuple[str, str] | None = None, mode: str = "ok", timeout: float = 30,
+                 pipelining: bool = False):
         self.port = free_port()
+        self.pipelining = pipelining
         self.host = "127.0.0.1"
         self.tls = tls
         self.implicit_tls = implicit_tls

@@ -57,9 +57,10 @@ def fake_time():
         yield time
 
 
-@pytest.fixture
-def sink():
-    with SmtpSink() as server:
+@pytest.fixture(params=[False, True], ids=["plain", "pipelining"])
+def sink(request):
+    """The SMTP server, once without and once with PIPELINING (the large providers offer it)."""
+    with SmtpSink(pipelining=request.param) as server:
         yield server
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import smtplib
 import socket
 
 import dkim
@@ -71,8 +72,9 @@ def test_a_blank_url_means_leadflow_smtp_url_else_files(tmp_path, monkeypatch):
 
 # --- the pool against a real server --------------------------------------------------------------
 
-def test_the_pool_sends_dot_stuffed_data_and_reuses_its_connections():
-    with SmtpSink() as sink:
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_the_pool_sends_dot_stuffed_data_and_reuses_its_connections(pipelining):
+    with SmtpSink(pipelining=pipelining) as sink:
         pool = smtp.SmtpPool(smtp.parse_server_url(sink.url), 2)
         try:
             answers = [f.result() for f in [pool.submit("bounces+x@acme.test", "b@example.org", DATA)
@@ -84,8 +86,9 @@ def test_the_pool_sends_dot_stuffed_data_and_reuses_its_connections():
     assert 1 <= sink.connections <= 2
 
 
-def test_a_dropped_idle_connection_is_replaced_without_losing_the_message():
-    with SmtpSink() as sink:
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_dropped_idle_connection_is_replaced_without_losing_the_message(pipelining):
+    with SmtpSink(pipelining=pipelining) as sink:
         pool = smtp.SmtpPool(smtp.parse_server_url(sink.url), 1)
         try:
             pool.send("a@acme.test", "b@example.org", DATA)
@@ -140,8 +143,9 @@ def test_a_closed_port_is_a_temporary_connect_failure():
     ("refuse_550", "rcpt", False, False, 550), ("drop_at_data", "data", True, False, None),
     ("drop_after_body", "reply", True, True, None),
 ])
-def test_each_fault_is_classified(mode, stage, temporary, uncertain, code):
-    with SmtpSink(mode=mode) as sink:
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_each_fault_is_classified(mode, stage, temporary, uncertain, code, pipelining):
+    with SmtpSink(mode=mode, pipelining=pipelining) as sink:
         pool = smtp.SmtpPool(smtp.parse_server_url(sink.url), 1)
         try:
             with pytest.raises(smtp.SmtpFailure) as failure:
@@ -151,6 +155,53 @@ def test_each_fault_is_classified(mode, stage, temporary, uncertain, code):
     f = failure.value
     assert (f.stage, f.temporary, f.uncertain, f.code) == (stage, temporary, uncertain, code)
     assert f.hard_bounce == (mode == "refuse_550") and f.server_fault == (mode != "refuse_550")
+
+
+class _Writes:
+    """Counts the client's writes to its SMTP socket (each `sendall`)."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        original = smtplib.SMTP.send
+
+        def send(smtp_self, data):
+            self.count += 1
+            return original(smtp_self, data)
+
+        monkeypatch.setattr(smtplib.SMTP, "send", send)
+
+
+@pytest.mark.parametrize("pipelining, writes", [(False, 4), (True, 2)])
+def test_a_server_offering_pipelining_gets_mail_rcpt_and_data_in_one_write(monkeypatch, pipelining, writes):
+    with SmtpSink(pipelining=pipelining) as sink:
+        pool = smtp.SmtpPool(smtp.parse_server_url(sink.url), 1)
+        try:
+            pool.send("a@acme.test", "b@example.org", DATA)  # opens the session (EHLO)
+            counter = _Writes(monkeypatch)
+            answer = pool.send("bounces+y@acme.test", "c@example.org", DATA)
+            written = counter.count  # (closing the pool writes QUIT)
+        finally:
+            pool.close()
+    assert answer.startswith("250") and written == writes
+    assert [(m.mail_from, m.rcpt_tos, m.data) for m in sink.messages[1:]] == [
+        ("bounces+y@acme.test", ["c@example.org"], DATA)]
+    assert sink.messages[1].mail_options == sink.messages[0].mail_options == ["BODY=8BITMIME"]
+
+
+@pytest.mark.parametrize("first", ["refuse_550", "refuse_451"])
+def test_after_a_pipelined_refusal_the_session_goes_on_with_the_next_message(first):
+    with SmtpSink(pipelining=True) as sink:
+        pool = smtp.SmtpPool(smtp.parse_server_url(sink.url), 1)
+        try:
+            sink.fail_next(1, first)
+            with pytest.raises(smtp.SmtpFailure) as refused:
+                pool.send("a@acme.test", "gone@example.org", DATA)
+            answer = pool.send("a@acme.test", "b@example.org", DATA)
+        finally:
+            pool.close()
+    assert refused.value.stage == ("rcpt" if first == "refuse_550" else "mail")
+    assert answer.startswith("250") and [m.rcpt_tos for m in sink.messages] == [["b@example.org"]]
+    assert sink.connections == 1  # the refusal did not cost the session
 
 
 def test_a_hanging_server_cannot_block_forever():

@@ -185,6 +185,14 @@ def _io_failure(stage: str, exc: BaseException, *, uncertain: bool = False) -> S
     return SmtpFailure(reason, stage=stage, temporary=True, uncertain=uncertain)
 
 
+def _first_refusal(replies: list[tuple[int, bytes]]) -> tuple[str, int, bytes] | None:
+    """(stage, code, reply) of the first of the pipelined MAIL, RCPT and DATA replies that refuses."""
+    for stage, (code, reply), wanted in zip(("mail", "rcpt", "data"), replies, ((250,), (250, 251), (354,))):
+        if code not in wanted:
+            return stage, code, reply
+    return None
+
+
 # --- one connection ------------------------------------------------------------------------------
 
 def _ssl_context(config: ServerConfig) -> ssl.SSLContext:
@@ -282,6 +290,8 @@ class Connection:
             options.append("SMTPUTF8")
         if smtp.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
+        if smtp.has_extn("pipelining") and "SMTPUTF8" not in options:
+            return self._send_pipelined(envelope_from, recipient, options, data)
         stage = "mail"
         try:
             code, reply = smtp.mail(envelope_from, options)
@@ -302,8 +312,12 @@ class Connection:
         except (OSError, smtplib.SMTPException) as exc:
             self.close()
             raise _io_failure(stage, exc) from exc
+        return self._final_reply()
+
+    def _final_reply(self) -> str:
         # Every byte, the final dot included, is with the server now: from here a broken
         # connection leaves the message possibly delivered.
+        smtp = self.smtp
         try:
             code, reply = smtp.getreply()
         except (OSError, smtplib.SMTPException) as exc:
@@ -314,6 +328,44 @@ class Connection:
             raise self._refused("reply", code, reply)
         self.sent += 1
         return f"{code} {reply.decode('utf-8', 'replace')}"
+
+    def _send_pipelined(self, envelope_from: str, recipient: str, options: list[str], data: bytes) -> str:
+        """The transaction with PIPELINING (RFC 2920), for servers that offer it (all the large
+        ones do): MAIL, RCPT and DATA go in one write and their three replies are read in order,
+        then the content and its reply: two round trips instead of four. A refusal is reported at
+        the first command refused, as without pipelining; a DATA the server accepted although
+        MAIL or RCPT failed is ended with an empty message (RFC 2920 §3.1) before the session's
+        transaction is reset."""
+        smtp = self.smtp
+        commands = (f"MAIL FROM:{smtplib.quoteaddr(envelope_from)}{''.join(' ' + o for o in options)}\r\n"
+                    f"RCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n").encode("ascii")
+        replies: list[tuple[int, bytes]] = []
+        stage = "mail"
+        try:
+            smtp.send(commands)
+            for stage in ("mail", "rcpt", "data"):
+                replies.append(smtp.getreply())
+        except (OSError, smtplib.SMTPException) as exc:
+            self.close()
+            refused = _first_refusal(replies)
+            if refused is not None:  # the server said no, then closed (421 and the like)
+                raise _reply_failure(*refused) from exc
+            raise _io_failure(stage, exc) from exc
+        refused = _first_refusal(replies)
+        if refused is not None:
+            if replies[2][0] == 354:
+                try:
+                    smtp.send(b".\r\n")
+                    smtp.getreply()
+                except (OSError, smtplib.SMTPException):
+                    self.close()
+            raise self._refused(*refused)
+        try:
+            smtp.send(_quote_body(data))
+        except (OSError, smtplib.SMTPException) as exc:
+            self.close()
+            raise _io_failure("body", exc) from exc
+        return self._final_reply()
 
     def _refused(self, stage: str, code: int, reply: bytes) -> SmtpFailure:
         failure = _reply_failure(stage, code, reply)
