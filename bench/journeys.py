@@ -30,13 +30,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
-SERVER = "postgresql://postgres@127.0.0.1:5432"
+from benchlib import SERVER, admin, rss_mb, run_workers
+
 DB = "leadflow_bench_journeys"
 CHUNK = 250_000
 
@@ -45,11 +45,6 @@ JOURNEY = {
     "nodes": [{"id": "mail", "type": "send_email", "template": "bench-welcome", "next": "wait"},
               {"id": "wait", "type": "wait", "days": 30}],
 }
-
-
-def rss_mb() -> float:
-    """Peak resident set size of this process so far."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def current_rss_mb() -> float:
@@ -68,13 +63,6 @@ def backend_cpu(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def admin(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(sql)
 
 
 def django_setup(url: str) -> None:
@@ -214,19 +202,6 @@ def worker_main(url: str, batch: int, profile: bool) -> None:
                       "pass_max_ms": seconds[-1] * 1000}), flush=True)
 
 
-def run_workers(url: str, count: int, batch: int, profile: bool) -> list[dict]:
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", url, "--batch", str(batch)]
-                              + (["--profile"] if profile else []), stdout=subprocess.PIPE, text=True)
-             for _ in range(count)]
-    results = []
-    for proc in procs:
-        out, _ = proc.communicate()
-        if proc.returncode != 0:
-            raise SystemExit(f"worker failed with exit code {proc.returncode}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
-
-
 def check(info: dict, entry_key: str, expected: int) -> list[str]:
     """Every enrollment of the run waits at `wait` with one message and one `sent` step."""
     from django.db import connection
@@ -297,7 +272,8 @@ def main() -> int:
                 explain_due(batch)
             connection.close()
             load_before = os.getloadavg()[0]
-            results = run_workers(url, workers, batch, args.profile and workers == 1)
+            results = run_workers(__file__, ["--worker", url, "--batch", str(batch)], workers,
+                                  first_args=["--profile"] if args.profile and workers == 1 else [])
             wall = max(r["end"] for r in results) - min(r["start"] for r in results)
             done = sum(r["done"] for r in results)
             rate = done / wall

@@ -18,24 +18,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import resource
 import subprocess
 import sys
 import time
 
-SERVER = "postgresql://postgres@127.0.0.1:5432"
+from benchlib import SERVER, admin, rss_mb
+
 DB = "leadflow_bench_scoring"
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def admin(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(sql)
 
 
 def generate(cursor, workspace_id: int, contacts: int, rules: dict[str, int], now: dt.datetime) -> int:

@@ -27,14 +27,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-SERVER = "postgresql://postgres@127.0.0.1:5432"
+from benchlib import SERVER, admin, rss_mb
+
 DB = "leadflow_bench_segments"
 CHUNK = 1_000_000
 
@@ -86,10 +86,6 @@ EVENT_SQL = """
 """
 
 
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def load() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
 
@@ -120,13 +116,6 @@ class QueryTimes:
         finally:
             step = self.step(sql)
             self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - started
-
-
-def admin(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(sql)
 
 
 def generate(cursor, workspace_id: int, contacts: int, now: dt.datetime) -> int:

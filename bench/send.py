@@ -35,13 +35,13 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
-SERVER = "postgresql://postgres@127.0.0.1:5432"
+from benchlib import SERVER, rss_mb, run_workers
+
 DB = "leadflow_bench_send"
 
 LAYOUT = """<!doctype html>
@@ -92,10 +92,6 @@ def sh(*args: str, env: dict | None = None) -> None:
 
 def psql(sql: str) -> None:
     sh("psql", f"{SERVER}/postgres", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql)
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --- the sink -----------------------------------------------------------------------------------
@@ -304,18 +300,6 @@ def worker_main(url: str, profile: bool) -> None:
           flush=True)
 
 
-def run_workers(url: str, count: int, profile: bool) -> list[dict]:
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", url] + (["--profile"] if profile else []),
-                              stdout=subprocess.PIPE, text=True) for _ in range(count)]
-    results = []
-    for proc in procs:
-        out, _ = proc.communicate()
-        if proc.returncode != 0:
-            raise SystemExit(f"worker failed with exit code {proc.returncode}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=5000)
@@ -356,7 +340,8 @@ def main() -> None:
             print(f"queued {queued:,} messages in {time.perf_counter() - t0:.1f} s")
             before, sink_before, load_before = count.value, proc_cpu(sink.pid), os.getloadavg()[0]
             connection.close()
-            results = run_workers(url, workers, args.profile and workers == 1)
+            results = run_workers(__file__, ["--worker", url], workers,
+                                  first_args=["--profile"] if args.profile and workers == 1 else [])
             sink_cpu = proc_cpu(sink.pid)
             wall = max(r["end"] for r in results) - min(r["start"] for r in results)
             sent = Message.objects.filter(dedupe_key__startswith=prefix, status="sent").count()
