@@ -46,6 +46,26 @@ def test_profile_steps_change_the_contact_and_segments_follow(ws, frozen_clock):
         "vip-list", "ebook-readers"}, "the static list step and a dynamic segment on a trait both follow at once"
 
 
+def test_a_branch_and_a_segment_read_the_tags_a_step_wrote(ws, frozen_clock):
+    segment_services.segment_create(workspace=ws.workspace, name="Hot leads", kind="dynamic", actor="test",
+                                    definition={"version": 1, "field": "traits.tags", "op": "contains",
+                                                "value": "HOT"})
+    apply(ws, steps_journey("tagging", [
+        {"id": "tags", "type": "tag", "add": ["hot"], "remove": ["cold"], "next": "check"},
+        {"id": "check", "type": "branch", "if": {"field": "traits.tags", "op": "contains", "value": "web"},
+         "yes": "web", "no": "other"},
+        {"id": "web", "type": "update_traits", "traits": {"path": "web"}},
+        {"id": "other", "type": "update_traits", "traits": {"path": "other"}},
+    ]))
+    send(ws, identify("ann", email="ann@example.com", tags=["cold", "web"]))
+    send(ws, identify("bob", email="bob@example.com", tags=["webinar"]))  # an element, not a substring
+    send(ws, track("ann", "Go"), track("bob", "Go"))
+    ann, bob = contact_of(ws, "ann"), contact_of(ws, "bob")
+    assert ann.traits["path"] == "web" and bob.traits["path"] == "other"
+    members = set(SegmentMember.objects.filter(segment__slug="hot-leads").values_list("contact__user_id", flat=True))
+    assert members == {"ann", "bob"}, "both were tagged hot by the step; the segment matches the list element"
+
+
 def test_sales_alert_routes_the_lead_and_alerts_with_context(ws, frozen_clock):
     rep = user_create(username="advisor", password="pw-123456789", email="advisor@acme.test", workspace=ws.workspace,
                       role="sales")

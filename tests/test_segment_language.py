@@ -312,6 +312,9 @@ def test_the_example_from_the_issue(people):
     ({"field": "traits.beta", "op": "eq", "value": "true"}, set()),
     ({"field": "traits.tags", "op": "exists"}, {"ann"}),
     ({"field": "traits.tags", "op": "eq", "value": "a"}, set()),  # arrays exist but compare to nothing
+    ({"field": "traits.tags", "op": "contains", "value": "A"}, {"ann"}),  # a list contains its elements
+    ({"field": "traits.tags", "op": "contains", "value": "b"}, set()),
+    ({"field": "traits.tags", "op": "not_contains", "value": "a"}, EVERYONE - {"ann"}),
     ({"field": "traits.address.city", "op": "eq", "value": "berlin"}, {"ann"}),
     # scores, grade, stage, probability
     ({"field": "engagement_score", "op": "gt", "value": 40}, {"ann", "bob", "dan"}),

@@ -114,6 +114,39 @@ class JsonKind(Func):
         raise NotImplementedError(f"segment filters support SQLite and PostgreSQL, not {connection.vendor}")
 
 
+_UPPER, _LOWER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
+
+
+class JsonArrayHas(Func):
+    """Whether the JSON array at `keys` has a string element equal to `text`, compared with ASCII
+    letters folded as the reference evaluator does (`traits.tags contains "vip"`). Use it with
+    `JsonKind(...) == "array"`: on SQLite `json_each` also walks objects and scalars."""
+
+    output_field = BooleanField()
+    conditional = True
+
+    def __init__(self, column, keys: tuple[str, ...], text: str):
+        super().__init__(F(column) if isinstance(column, str) else column)
+        self.keys, self.text = tuple(keys), text
+
+    def as_sqlite(self, compiler, connection, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        # SQLite's lower() folds ASCII letters only, as the evaluator does.
+        return (f"EXISTS (SELECT 1 FROM JSON_EACH({sql}, %s) AS item WHERE item.type = 'text' "
+                f"AND LOWER(item.value) = LOWER(%s))", (*params, _sqlite_path(self.keys), self.text))
+
+    def as_postgresql(self, compiler, connection, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        keys = list(self.keys)
+        return (f"EXISTS (SELECT 1 FROM JSONB_ARRAY_ELEMENTS(CASE WHEN JSONB_TYPEOF({sql} #> %s) = 'array' "
+                f"THEN {sql} #> %s END) AS item(v) WHERE JSONB_TYPEOF(item.v) = 'string' "
+                f"AND TRANSLATE(item.v #>> '{{}}', %s, %s) = TRANSLATE(%s, %s, %s))",
+                (*params, keys, *params, keys, _UPPER, _LOWER, self.text, _UPPER, _LOWER))
+
+    def as_sql(self, compiler, connection, **extra):
+        raise NotImplementedError(f"segment filters support SQLite and PostgreSQL, not {connection.vendor}")
+
+
 def _number(value) -> Value:
     return Value(float(value), output_field=FloatField())
 
@@ -152,8 +185,9 @@ def _json_positive(column: str, keys: tuple[str, ...], op: str, value) -> Q:
         return equal(value)
     if op == "in":
         return _any(equal(v) for v in value)
-    if op == "contains":
-        return is_string & Q(IContains(text, value))
+    if op == "contains":  # text containing it, or a list with it as an element
+        return (is_string & Q(IContains(text, value))) | (Q(Exact(kind, "array"))
+                                                         & Q(JsonArrayHas(column, keys, value)))
     if op == "starts_with":
         return is_string & Q(IStartsWith(text, value))
     if op == "between":

@@ -137,7 +137,9 @@ def _json_positive(actual: Any, op: str, value: Any) -> bool:
         return _json_equal(actual, value)
     if op == "in":
         return any(_json_equal(actual, v) for v in value)
-    if op == "contains":
+    if op == "contains":  # text containing it, or a list with it as an element
+        if isinstance(actual, list):
+            return any(isinstance(item, str) and _fold(item) == _fold(value) for item in actual)
         return isinstance(actual, str) and _fold(value) in _fold(actual)
     if op == "starts_with":
         return isinstance(actual, str) and _fold(actual).startswith(_fold(value))
