@@ -29,7 +29,7 @@ import orjson
 from django.db import connection, transaction
 
 from leadflow.contacts.models import Contact
-from leadflow.contacts.processing import rows_update
+from leadflow.contacts.processing import rows_insert_pg, rows_update
 from leadflow.core import clock
 from leadflow.journeys import language as lang
 from leadflow.journeys.models import (Enrollment, EnrollmentState, EnrollmentStep, Journey, JourneyStatus,
@@ -174,24 +174,16 @@ STEP_COLUMNS = ("workspace_id", "journey_id", "enrollment_id", "contact_id", "no
 
 
 def steps_write(steps: list[tuple]) -> None:
-    """Insert history rows (values in STEP_COLUMNS order). On PostgreSQL one `INSERT … SELECT …
-    FROM jsonb_populate_recordset(…)` per 1,000 rows, sent as one JSON parameter: no model
-    instance is built and no value prepared one by one. Elsewhere `bulk_create`."""
+    """Insert history rows (values in STEP_COLUMNS order): on PostgreSQL as one JSON parameter
+    per 1,000 rows (`rows_insert_pg`: no model instance built, no value prepared one by one),
+    elsewhere with `bulk_create`."""
     if not steps:
         return
-    if connection.vendor != "postgresql":
-        EnrollmentStep.objects.bulk_create([EnrollmentStep(**dict(zip(STEP_COLUMNS, row))) for row in steps],
-                                           batch_size=BATCH)
+    if connection.vendor == "postgresql":
+        rows_insert_pg(EnrollmentStep, STEP_COLUMNS, [dict(zip(STEP_COLUMNS, row)) for row in steps])
         return
-    ops = connection.ops
-    table = ops.quote_name(EnrollmentStep._meta.db_table)
-    columns = ", ".join(ops.quote_name(EnrollmentStep._meta.get_field(name).column) for name in STEP_COLUMNS)
-    sql = f"INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb)"
-    option = orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
-    with connection.cursor() as cursor:
-        for start in range(0, len(steps), BATCH):
-            payload = [dict(zip(STEP_COLUMNS, row)) for row in steps[start:start + BATCH]]
-            cursor.execute(sql, [orjson.dumps(payload, option=option).decode()])
+    EnrollmentStep.objects.bulk_create([EnrollmentStep(**dict(zip(STEP_COLUMNS, row))) for row in steps],
+                                       batch_size=BATCH)
 
 
 def dedupe_key(e: Enrollment, node_id: str) -> str:

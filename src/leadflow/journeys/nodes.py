@@ -245,19 +245,13 @@ def _server_id(p: Pass, name: str | None) -> int | None:
     return server.pk
 
 
-def _addresses(p: Pass, contact_ids: list[int]):
-    """The contacts to mail, with at least their address (`BatchContacts.addresses`)."""
-    addresses = getattr(p.contacts, "addresses", None)
-    return addresses(contact_ids) if addresses is not None else p.contacts
-
-
 def queue_emails(p: Pass, node_id: str, items: list[tuple[Enrollment, object]], *, topic: str | None,
                  server: str | None) -> None:
     """Queue one email per (enrollment, template) through the outbox, with the journey's cap."""
     from leadflow.messaging.outbox import messages_queue_many
 
     held = _capped(p, [e.contact_id for e, _ in items])
-    contacts = _addresses(p, [e.contact_id for e, _ in items if e.contact_id not in held])
+    contacts = p.contacts.addresses([e.contact_id for e, _ in items if e.contact_id not in held])
     by_template = defaultdict(list)
     for e, template in items:
         if e.contact_id in held:

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-import orjson
 from django.db import IntegrityError, connection, transaction
 
+from leadflow.contacts.processing import rows_insert_pg
 from leadflow.core import clock
 from leadflow.messaging.models import Message, MessageEvent, MessageEventKind
 
@@ -136,14 +136,8 @@ def _events_insert(rows: list[MessageEvent]) -> list[MessageEvent]:
     column, and psycopg quotes every array element in Python."""
     if connection.vendor != "postgresql":
         return MessageEvent.objects.bulk_create(rows)
-    table = connection.ops.quote_name(MessageEvent._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(c) for c in _INSERT_COLUMNS)
-    payload = orjson.dumps([{column: getattr(row, column) for column in _INSERT_COLUMNS} for row in rows],
-                           option=orjson.OPT_NAIVE_UTC).decode()
-    with connection.cursor() as cursor:
-        cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM "
-                       f"jsonb_populate_recordset(NULL::{table}, %s::jsonb) RETURNING id", [payload])
-        ids = [pk for (pk,) in cursor.fetchall()]
+    ids = rows_insert_pg(MessageEvent, _INSERT_COLUMNS,
+                         [{column: getattr(row, column) for column in _INSERT_COLUMNS} for row in rows], returning=True)
     for row, pk in zip(rows, ids):
         row.pk = pk
         row._state.adding = False

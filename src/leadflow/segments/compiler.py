@@ -13,6 +13,7 @@ reference evaluator (`evaluator.filter_matches`) must agree with this module on 
 from __future__ import annotations
 
 import datetime as dt
+import string
 from functools import reduce
 
 from django.contrib.auth import get_user_model
@@ -114,7 +115,7 @@ class JsonKind(Func):
         raise NotImplementedError(f"segment filters support SQLite and PostgreSQL, not {connection.vendor}")
 
 
-_UPPER, _LOWER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
+_UPPER, _LOWER = string.ascii_uppercase, string.ascii_lowercase
 
 
 class JsonArrayHas(Func):
