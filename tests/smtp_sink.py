@@ -192,6 +192,15 @@ class _SinkSMTP(SMTP):
             self.transport.close()
 
     async def smtp_DATA(self, arg):
+        if self._sink.data_without_recipients and not self.envelope.rcpt_tos:
+            # Some servers take DATA even when every recipient was refused (RFC 2920 §3.1 tells
+            # a pipelining client to end it with an empty message); the content is refused.
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            while (line := await self._reader.readuntil()) not in (b".\r\n", b""):
+                pass
+            self._sink.empty_data += 1
+            await self.push("554 5.5.1 Error: no valid recipients")
+            return
         if getattr(self.session, "lf_mode", "ok") == "drop_at_data" and self.envelope.rcpt_tos:
             self._sink._dropped()
             self.transport.abort()
@@ -216,6 +225,8 @@ class SmtpSink:
         self.count = 0
         self.connections_hung = 0
         self.drops = 0
+        self.data_without_recipients = False  # answer DATA with 354 although no recipient was accepted
+        self.empty_data = 0  # such DATA commands, ended by the client with no content
         self.connections = 0  # sessions that said EHLO
         self._plan = _Plan()
         self._lock = threading.Lock()

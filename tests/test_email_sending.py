@@ -204,6 +204,23 @@ def test_after_a_pipelined_refusal_the_session_goes_on_with_the_next_message(fir
     assert sink.connections == 1  # the refusal did not cost the session
 
 
+def test_a_data_accepted_after_a_pipelined_refusal_is_ended_empty_and_the_session_goes_on():
+    with SmtpSink(pipelining=True) as sink:
+        sink.data_without_recipients = True
+        pool = smtp.SmtpPool(smtp.parse_server_url(sink.url), 1)
+        try:
+            sink.fail_next(1, "refuse_550")
+            with pytest.raises(smtp.SmtpFailure) as refused:
+                pool.send("a@acme.test", "gone@example.org", DATA)
+            answer = pool.send("a@acme.test", "b@example.org", DATA)
+        finally:
+            pool.close()
+    assert (refused.value.stage, refused.value.code, refused.value.hard_bounce) == ("rcpt", 550, True)
+    assert sink.empty_data == 1, "the DATA the server took was ended with no content"
+    assert answer.startswith("250") and [m.rcpt_tos for m in sink.messages] == [["b@example.org"]]
+    assert sink.connections == 1
+
+
 def test_a_hanging_server_cannot_block_forever():
     with SmtpSink() as sink:
         sink.mode = "hang_greeting"
