@@ -196,7 +196,7 @@ class _SinkSMTP(SMTP):
             # Some servers take DATA even when every recipient was refused (RFC 2920 §3.1 tells
             # a pipelining client to end it with an empty message); the content is refused.
             await self.push("354 End data with <CR><LF>.<CR><LF>")
-            while (line := await self._reader.readuntil()) not in (b".\r\n", b""):
+            while await self._reader.readuntil() not in (b".\r\n", b""):
                 pass
             self._sink.empty_data += 1
             await self.push("554 5.5.1 Error: no valid recipients")
