@@ -273,7 +273,9 @@ def test_form_created_with_the_fields_editor_then_hosted_form_works(client, ws, 
     assert re.search(r'data-testid="submission-count">1<', client.get(f"/forms/{form.pk}/").content.decode())
     assert re.search(r'<td class="num">1</td>', client.get("/forms/").content.decode())
     magnets = client.get("/magnets/").content.decode()
-    assert re.search(r'Nurture Playbook.*?<td class="num">1</td>\s*<td class="num">0</td>', magnets, re.DOTALL)
+    # Submissions, delivery emails (off: the box was not ticked), downloads.
+    assert re.search(r'Nurture Playbook.*?<td class="num">1</td>\s*<td class="num"><span[^>]*>off</span></td>\s*'
+                     r'<td class="num">0</td>', magnets, re.DOTALL)
 
     process()
     contact = _contact(ws, "erin@acme.example")

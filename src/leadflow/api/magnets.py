@@ -23,12 +23,15 @@ def magnets_out(workspace, magnets: list[LeadMagnet]) -> list[dict]:
     return [{
         "id": m.pk, "slug": m.slug, "name": m.name, "kind": m.kind, "delivery_url": m.delivery_url,
         "description": m.description, "created_at": m.created_at, "archived_at": m.archived_at,
+        "email_delivery": m.email_delivery,
+        "delivery_template": m.delivery_template.slug if m.delivery_template_id else None,
         **counts[m.pk],
     } for m in magnets]
 
 
 def _get(request, magnet_id: int) -> LeadMagnet:
-    magnet = LeadMagnet.objects.filter(workspace=request.workspace, pk=magnet_id).first()
+    magnet = (LeadMagnet.objects.filter(workspace=request.workspace, pk=magnet_id)
+              .select_related("delivery_template").first())
     if magnet is None:
         raise HttpError(404, f"no lead magnet {magnet_id} in this workspace")
     return magnet
@@ -46,7 +49,8 @@ def _save(request, *, values: dict, magnet: LeadMagnet | None = None) -> LeadMag
 def magnets_list(request, archived: bool = Query(False, description="list archived magnets instead"),
                  limit: int = Query(50, ge=1, le=cursor.MAX_LIMIT),
                  next: str | None = Query(None, description="the `next` cursor of the previous page")):
-    qs = LeadMagnet.objects.filter(workspace=request.workspace, archived_at__isnull=not archived)
+    qs = (LeadMagnet.objects.filter(workspace=request.workspace, archived_at__isnull=not archived)
+          .select_related("delivery_template"))
     items, following = cursor.page(qs, cursor=next, limit=limit, order=("-pk",))
     return {"items": magnets_out(request.workspace, items), "next": following}
 
@@ -66,7 +70,8 @@ def magnets_get(request, magnet_id: int):
 def magnets_update(request, magnet_id: int, payload: MagnetPatch):
     magnet = _get(request, magnet_id)
     values = {"slug": magnet.slug, "name": magnet.name, "kind": magnet.kind,
-              "delivery_url": magnet.delivery_url, "description": magnet.description}
+              "delivery_url": magnet.delivery_url, "description": magnet.description,
+              "email_delivery": magnet.email_delivery, "delivery_template": magnet.delivery_template_id}
     values.update({k: v for k, v in payload.dict(exclude_unset=True).items() if v is not None})
     magnet = _save(request, values=values, magnet=magnet)
     return magnets_out(request.workspace, [magnet])[0]

@@ -171,6 +171,11 @@ class MagnetIn(Schema):
     kind: str = "ebook"
     delivery_url: str = Field(max_length=1000)
     description: str = ""
+    email_delivery: bool = Field(True, description="email the download link to whoever asks for the magnet "
+                                                   "(a transactional message)")
+    delivery_template: int | str | None = Field(
+        None, description="id or slug of the transactional template that writes the delivery email; "
+                          "empty: the built-in one")
 
 
 class MagnetPatch(Schema):
@@ -179,6 +184,8 @@ class MagnetPatch(Schema):
     kind: str | None = None
     delivery_url: str | None = Field(None, max_length=1000)
     description: str | None = None
+    email_delivery: bool | None = None
+    delivery_template: int | str | None = Field(None, description='id or slug; "" goes back to the built-in one')
 
 
 class MagnetOut(Schema):
@@ -192,6 +199,9 @@ class MagnetOut(Schema):
     archived_at: dt.datetime | None
     downloads: int = Field(description="`Asset Downloaded` events for this magnet's slug")
     form_submissions: int = Field(description="`Form Submitted` events for this magnet's slug")
+    email_delivery: bool
+    delivery_template: str | None = Field(description="slug of the delivery email's template; null: the built-in one")
+    delivery_emails: int = Field(description="delivery emails sent (the download link by email)")
 
 
 class MagnetPage(Schema):

@@ -262,31 +262,11 @@ def optin_template_get(*, workspace_id: int):
     """The workspace's double opt-in confirmation template, created (approved, transactional) on
     first use. Marketers may edit it in the content UI; sends use its approved version, whose
     body must keep `{{ optin_confirm_url }}`."""
-    from leadflow.messaging.models import Template, TemplateKind, TemplateVersion, VersionStatus
+    from leadflow.messaging.content import BuiltIn, template_builtin_get
 
-    template = (Template.objects.select_related("approved_version")
-                .filter(workspace_id=workspace_id, slug=OPTIN_TEMPLATE_SLUG).first())
-    if template is not None and template.approved_version_id:
-        return template
-    now = clock.now()
-    try:
-        with transaction.atomic():
-            if template is None:
-                template = Template.objects.create(
-                    workspace_id=workspace_id, name="Double opt-in confirmation", slug=OPTIN_TEMPLATE_SLUG,
-                    kind=TemplateKind.TRANSACTIONAL, topic="", created_by="system", created_at=now, updated_at=now)
-            number = (template.versions.order_by("-number").values_list("number", flat=True).first() or 0) + 1
-            version = TemplateVersion.objects.create(
-                workspace_id=workspace_id, template=template, number=number, subject=OPTIN_SUBJECT, html=OPTIN_HTML,
-                text=OPTIN_TEXT, status=VersionStatus.APPROVED, note="built in", created_by="system",
-                created_at=now, submitted_at=now, decided_by="system", decided_at=now,
-                decision_reason="built-in double opt-in confirmation")
-            template.approved_version = version
-            template.save(update_fields=["approved_version"])
-    except IntegrityError:
-        template = Template.objects.select_related("approved_version").get(workspace_id=workspace_id,
-                                                                           slug=OPTIN_TEMPLATE_SLUG)
-    return template
+    return template_builtin_get(workspace_id=workspace_id, builtin=BuiltIn(
+        slug=OPTIN_TEMPLATE_SLUG, name="Double opt-in confirmation", subject=OPTIN_SUBJECT, html=OPTIN_HTML,
+        text=OPTIN_TEXT))
 
 
 def sender_get(*, workspace_id: int) -> tuple[str, str]:

@@ -31,6 +31,7 @@ from leadflow.contacts.models import Company, Contact, Identity
 from leadflow.contacts.services import contact_merge, touch_record
 from leadflow.contacts.traits import traits_apply
 from leadflow.core import clock
+from leadflow.tracking.magnet_delivery import REQUEST_EVENTS, magnet_deliveries_queue
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,7 @@ def _process_workspace(workspace_id: int, events: list, now: dt.datetime) -> Non
 
     companies = _CompanyCache(workspace_id, events, now)
     consents = []
+    magnet_requests = []
     changed: dict[int, Contact] = {}
     for event in events:
         root = comps.find(primary_of[event.id])
@@ -284,6 +286,8 @@ def _process_workspace(workspace_id: int, events: list, now: dt.datetime) -> Non
                 ip=event.context.get("ip") or None,
                 user_agent=str(event.context.get("userAgent") or "")[:500],
                 event_message_id=event.message_id, at=event.timestamp))
+        if event.event in REQUEST_EVENTS:
+            magnet_requests.append((contact, event))
 
     rows_update(
         Contact, list(changed.values()),
@@ -297,6 +301,9 @@ def _process_workspace(workspace_id: int, events: list, now: dt.datetime) -> Non
         from leadflow.consent.services import form_consents_record
 
         form_consents_record(records=consents)
+    if magnet_requests:
+        # The download link by email, once per request (transactional: no marketing consent needed).
+        magnet_deliveries_queue(workspace_id=workspace_id, requests=magnet_requests)
 
 
 _JSON_SAFE_TYPES = {"AutoField", "BigAutoField", "BigIntegerField", "BooleanField", "CharField",

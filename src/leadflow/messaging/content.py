@@ -326,6 +326,46 @@ def template_get(*, workspace: Workspace, template_id: int) -> Template | None:
     return Template.objects.filter(workspace=workspace, pk=template_id).select_related("approved_version").first()
 
 
+@dataclass(frozen=True)
+class BuiltIn:
+    """The content of a transactional template LeadFlow ships (double opt-in, magnet delivery)."""
+
+    slug: str
+    name: str
+    subject: str
+    html: str
+    text: str
+
+
+def template_builtin_get(*, workspace_id: int, builtin: BuiltIn) -> Template:
+    """The workspace's copy of a built-in transactional template, created with an approved first
+    version on first use. Marketers edit it like any other template; sends use its approved
+    version. If it has none (its approved version was deleted), a new built-in version is approved."""
+    template = (Template.objects.select_related("approved_version")
+                .filter(workspace_id=workspace_id, slug=builtin.slug).first())
+    if template is not None and template.approved_version_id:
+        return template
+    now = clock.now()
+    try:
+        with transaction.atomic():
+            if template is None:
+                template = Template.objects.create(
+                    workspace_id=workspace_id, name=builtin.name, slug=builtin.slug, kind=TemplateKind.TRANSACTIONAL,
+                    topic="", created_by="system", created_at=now, updated_at=now)
+            number = (template.versions.order_by("-number").values_list("number", flat=True).first() or 0) + 1
+            version = TemplateVersion.objects.create(
+                workspace_id=workspace_id, template=template, number=number, subject=builtin.subject,
+                html=builtin.html, text=builtin.text, status=VersionStatus.APPROVED, note="built in",
+                created_by="system", created_at=now, submitted_at=now, decided_by="system", decided_at=now,
+                decision_reason=f"built-in {builtin.name.lower()}")
+            template.approved_version = version
+            template.save(update_fields=["approved_version"])
+    except IntegrityError:  # another process created it first
+        template = Template.objects.select_related("approved_version").get(workspace_id=workspace_id,
+                                                                           slug=builtin.slug)
+    return template
+
+
 # --- versions -------------------------------------------------------------------------------------
 
 def versions_of(*, template: Template) -> QuerySet[TemplateVersion]:

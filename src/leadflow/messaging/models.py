@@ -313,6 +313,9 @@ class Message(models.Model):
             models.Index(fields=["contact", "sent_at"], name="message_contact_sent"),
             models.Index(fields=["broadcast", "status"], name="message_broadcast"),
             models.Index(fields=["template", "status"], name="message_template"),
+            # Magnet deliveries and opt-in confirmations by source; marketing sends pay nothing for it.
+            models.Index(fields=["workspace", "source", "status"], condition=models.Q(kind="transactional"),
+                         name="message_transactional_source"),
         ]
 
 

@@ -89,7 +89,11 @@ def form_save(*, workspace, slug: str, name: str, fields: list, form: Form | Non
 
 
 def magnet_save(*, workspace, slug: str, name: str, kind: str, delivery_url: str,
-                description: str = "", magnet: LeadMagnet | None = None) -> LeadMagnet:
+                description: str = "", email_delivery: bool = True, delivery_template: int | str | None = None,
+                magnet: LeadMagnet | None = None) -> LeadMagnet:
+    """Create or change a lead magnet. `email_delivery`: email the download link to whoever asks
+    for it; `delivery_template`: id or slug of the transactional template that writes that email
+    (None: the built-in one)."""
     from django.utils.text import slugify
 
     from leadflow.tracking.models import MagnetKind
@@ -102,11 +106,34 @@ def magnet_save(*, workspace, slug: str, name: str, kind: str, delivery_url: str
     _http_url_check(delivery_url, "delivery URL", required=True)
     if LeadMagnet.objects.filter(workspace=workspace, slug=slug).exclude(pk=getattr(magnet, "pk", None)).exists():
         raise ServiceError(f"a lead magnet with the slug {slug!r} already exists")
+    template = _delivery_template(workspace, delivery_template)
     magnet = magnet or LeadMagnet(workspace=workspace)
     magnet.slug, magnet.name, magnet.kind = slug, name.strip() or slug, kind
     magnet.delivery_url, magnet.description = delivery_url, description
+    magnet.email_delivery, magnet.delivery_template = bool(email_delivery), template
     magnet.save()
     return magnet
+
+
+def _delivery_template(workspace, ref: int | str | None):
+    """The transactional template `ref` (id or slug) names in this workspace, None for blank."""
+    from leadflow.messaging.models import Template, TemplateKind
+
+    if ref in (None, ""):
+        return None
+    if isinstance(ref, bool) or not isinstance(ref, (int, str)):
+        raise ServiceError("delivery_template: give the id or slug of a transactional email template")
+    lookup = {"pk": int(ref)} if isinstance(ref, int) or ref.isdigit() else {"slug": ref.strip()}
+    template = Template.objects.filter(workspace=workspace, archived_at__isnull=True, **lookup).first()
+    if template is None:
+        raise ServiceError(f"delivery_template: there is no email template {ref!r} in this workspace")
+    if template.kind != TemplateKind.TRANSACTIONAL:
+        raise ServiceError(f"delivery_template: {template.slug!r} is a {template.kind} template; the delivery "
+                           f"email must be transactional (it is sent to people who asked for it, without "
+                           f"marketing consent)")
+    if template.approved_version_id is None:
+        raise ServiceError(f"delivery_template: {template.slug!r} has no approved version yet")
+    return template
 
 
 def _http_url_check(url: str, what: str, *, required: bool = False) -> None:
@@ -240,6 +267,7 @@ def form_submit(*, form: Form, cleaned: dict, anonymous_id: str, page_url: str, 
         delivery["magnet"] = form.lead_magnet
         delivery["token"] = magnet_token(magnet=form.lead_magnet, anonymous_id=anonymous_id,
                                          email=traits.get("email", ""))
+        delivery["emailed"] = form.lead_magnet.email_delivery and bool(traits.get("email"))
     return delivery
 
 

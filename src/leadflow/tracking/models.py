@@ -97,6 +97,11 @@ class LeadMagnet(models.Model):
     kind = models.CharField(max_length=16, choices=MagnetKind.choices, default=MagnetKind.EBOOK)
     delivery_url = models.URLField(max_length=1000)
     description = models.TextField(blank=True)
+    email_delivery = models.BooleanField(
+        default=True, help_text="email the download link to whoever asks for it (a transactional message)")
+    delivery_template = models.ForeignKey(
+        "messaging.Template", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="transactional template of the delivery email; blank: the built-in one")
     created_at = models.DateTimeField(default=clock.now)
     archived_at = models.DateTimeField(null=True, blank=True)
 

@@ -49,9 +49,12 @@ def form_submission_counts(*, workspace: Workspace, forms: Iterable[Form]) -> di
 
 
 def magnet_counts(*, workspace: Workspace, magnets: Iterable[LeadMagnet]) -> dict[int, dict[str, int]]:
-    """magnet id -> {"downloads": n, "form_submissions": n}."""
+    """magnet id -> {"downloads": n, "form_submissions": n, "delivery_emails": n} (delivery emails
+    sent: the transactional messages with the download link)."""
+    from leadflow.messaging.models import Message, MessageKind, MessageStatus
+
     magnets = list(magnets)
-    counts = {m.pk: {"downloads": 0, "form_submissions": 0} for m in magnets}
+    counts = {m.pk: {"downloads": 0, "form_submissions": 0, "delivery_emails": 0} for m in magnets}
     if not magnets:
         return counts
     by_id = {str(m.pk): m.pk for m in magnets}
@@ -61,4 +64,10 @@ def magnet_counts(*, workspace: Workspace, magnets: Iterable[LeadMagnet]) -> dic
         if owner is not None:
             key = "downloads" if row["event"] == ASSET_DOWNLOADED else "form_submissions"
             counts[owner][key] += row["n"]
+    sources = {f"magnet:{m.slug}": m.pk for m in magnets}
+    sent = (Message.objects.filter(workspace=workspace, kind=MessageKind.TRANSACTIONAL, source__in=list(sources),
+                                   status=MessageStatus.SENT)
+            .values("source").annotate(n=Count("id")).values_list("source", "n"))
+    for source, n in sent:
+        counts[sources[source]]["delivery_emails"] = n
     return counts

@@ -95,11 +95,22 @@ class MagnetForm(forms.Form):
     delivery_url = forms.CharField(max_length=1000, label="Download or access URL",
                                    help_text="Where people are sent when they open their download link.")
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    email_delivery = forms.BooleanField(
+        required=False, initial=True, label="Email the download link",
+        help_text="Whoever asks for it also gets the link by email (transactional: no marketing consent needed).")
+    delivery_template = forms.ChoiceField(
+        required=False, label="Delivery email",
+        help_text="A transactional template with an approved version; the built-in one reads well for most.")
+
+    def __init__(self, *args, templates=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["delivery_template"].choices = [("", "— built-in —")] + [(str(t.pk), t.name) for t in templates]
 
     @staticmethod
     def initial_for(magnet: LeadMagnet) -> dict:
         return {"name": magnet.name, "slug": magnet.slug, "kind": magnet.kind,
-                "delivery_url": magnet.delivery_url, "description": magnet.description}
+                "delivery_url": magnet.delivery_url, "description": magnet.description,
+                "email_delivery": magnet.email_delivery, "delivery_template": str(magnet.delivery_template_id or "")}
 
 
 class ImportForm(forms.Form):

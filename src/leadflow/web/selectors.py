@@ -33,6 +33,14 @@ def magnet_get(*, workspace: Workspace, magnet_id: int) -> LeadMagnet | None:
     return LeadMagnet.objects.filter(workspace=workspace, pk=magnet_id).first()
 
 
+def transactional_templates(*, workspace: Workspace):
+    """Templates that may write a transactional email (a magnet's delivery): approved, not archived."""
+    from leadflow.messaging.models import Template, TemplateKind
+
+    return Template.objects.filter(workspace=workspace, kind=TemplateKind.TRANSACTIONAL, archived_at__isnull=True,
+                                   approved_version__isnull=False).order_by("name", "id")
+
+
 def company_counts(companies: QuerySet[Company]) -> QuerySet[Company]:
     return companies.annotate(contact_count=Count("contacts")).order_by("name", "id")
 

@@ -291,6 +291,7 @@ def magnets_list(request: HttpRequest) -> HttpResponse:
     for magnet in magnets:
         magnet.downloads = stats[magnet.pk]["downloads"]
         magnet.submissions = stats[magnet.pk]["form_submissions"]
+        magnet.delivery_emails = stats[magnet.pk]["delivery_emails"]
     return render(request, "web/magnets_list.html", {"section": "magnets", "magnets": magnets})
 
 
@@ -302,20 +303,23 @@ def magnet_edit(request: HttpRequest, magnet_id: int | None = None) -> HttpRespo
         existing = selectors.magnet_get(workspace=request.workspace, magnet_id=magnet_id)
         if existing is None:
             raise Http404("no such lead magnet in this workspace")
+    templates = list(selectors.transactional_templates(workspace=request.workspace))
     if request.method == "POST":
-        form = web_forms.MagnetForm(request.POST)
+        form = web_forms.MagnetForm(request.POST, templates=templates)
         if form.is_valid():
             data = form.cleaned_data
             try:
                 form_service.magnet_save(workspace=request.workspace, slug=data["slug"], name=data["name"],
                                          kind=data["kind"], delivery_url=data["delivery_url"].strip(),
-                                         description=data["description"], magnet=existing)
+                                         description=data["description"], email_delivery=data["email_delivery"],
+                                         delivery_template=data["delivery_template"] or None, magnet=existing)
             except ServiceError as exc:
                 form.add_error(None, str(exc))
             else:
                 return redirect("web:magnets")
     else:
-        form = web_forms.MagnetForm(initial=web_forms.MagnetForm.initial_for(existing) if existing else None)
+        form = web_forms.MagnetForm(initial=web_forms.MagnetForm.initial_for(existing) if existing else None,
+                                    templates=templates)
     return render(request, "web/magnet_edit.html", {"section": "magnets", "existing": existing, "form": form})
 
 
