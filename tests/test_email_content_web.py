@@ -254,3 +254,106 @@ def test_pages_of_another_workspace_answer_404(ws, other_ws, marketer, layout):
     r = marketer.post(f"/email/templates/{mine.pk}/preview/", {**form(layout), "contact_id": str(stranger.pk)})
     assert "Stranger" not in r.json()["html"] and "Hello Ada" in r.json()["html"]
     assert Message.objects.count() == 0 and Template.objects.get(pk=theirs.pk).archived_at is None
+
+
+# --- statistics -----------------------------------------------------------------------------------
+
+def _row(page: str, name: str) -> dict:
+    """The figures of one template's row in the list, by their data-testid."""
+    import re
+
+    body = page.split('data-testid="templates"', 1)[1]
+    row = next(r for r in body.split("<tr>") if f"<strong>{name}</strong>" in r)
+    return dict(re.findall(r'data-testid="(sent|open-rate|click-rate)">([^<]*)<', row))
+
+
+def _version_rows(page: str) -> dict:
+    import re
+
+    section = page.split('data-testid="template-stats"', 1)[1].split("</section>", 1)[0]
+    rows = {}
+    for version, cells in re.findall(r'<tr data-version="([^"]+)">(.*?)</tr>', section, re.S):
+        rows[version] = dict(re.findall(r'data-stat="(\w+)">([^<]*)<', cells))
+    return rows
+
+
+def test_templates_list_and_template_page_show_statistics_from_message_events(ws, marketer, frozen_clock):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from leadflow.messaging import stats
+    from leadflow.messaging.bounces import outcome_apply
+    from leadflow.messaging.events import message_event_record
+    from leadflow.messaging.outbox import message_queue
+
+    from test_email_tracking import make_contact, make_template, sent_message
+
+    spring, (v1, v2) = make_template(ws, "spring", versions=2)
+    autumn, _ = make_template(ws, "autumn")
+    make_template(ws, "quiet")  # nothing sent
+    people = [make_contact(ws, f"p{n}@example.com") for n in range(12)]
+    m = [sent_message(ws, people[n], spring, version=v1 if n < 4 else v2) for n in range(8)]
+    a = [sent_message(ws, people[8 + n], autumn) for n in range(2)]
+    frozen_clock.advance(hours=1)
+
+    def human(message, kind, **kw):
+        message_event_record(message=message, kind=kind, **kw)
+
+    def machine(message, kind, **kw):
+        message_event_record(message=message, kind=kind, machine=True, detail={"machine_reason": "test"}, **kw)
+
+    # version 1: 4 sent and delivered; people opened 2 (one by clicking), clicked 1; a proxy and a scanner don't count
+    human(m[0], "opened")
+    human(m[0], "opened")  # twice: one opened message
+    human(m[1], "clicked", url="https://acme.example/a")
+    machine(m[2], "opened")
+    machine(m[3], "clicked", url="https://acme.example/a")
+    # version 2: 4 sent, 1 hard bounce (3 delivered); 2 opened, 1 clicked
+    human(m[4], "opened")
+    outcome_apply(message=m[5], outcome="hard", status="5.1.1", source_id="x1")
+    human(m[6], "opened")
+    human(m[6], "clicked", url="https://acme.example/b")
+    machine(m[7], "opened")
+    # autumn: 2 sent, one clicked; a test send and a message not sent yet never count
+    human(a[0], "clicked", url="https://acme.example/c")
+    sent_message(ws, people[10], autumn, kind="test")
+    message_queue(workspace_id=ws.workspace.pk, contact=people[11], template=autumn)
+
+    page = marketer.get("/email/").content.decode()
+    assert _row(page, "Spring") == {"sent": "8", "open-rate": "57.1%", "click-rate": "28.6%"}  # 4/7, 2/7
+    assert _row(page, "Autumn") == {"sent": "2", "open-rate": "50.0%", "click-rate": "50.0%"}
+    assert _row(page, "Quiet") == {"sent": "0", "open-rate": "—", "click-rate": "—"}
+    # the same figures as the statistics API's
+    total = stats.template_stats(template=spring)["total"]
+    assert (total["sent"], total["open_rate"], total["click_rate"]) == (8, round(4 / 7, 4), round(2 / 7, 4))
+
+    editor = marketer.get(f"/email/templates/{spring.pk}/").content.decode()
+    rows = _version_rows(editor)
+    assert rows["1"] == {"sent": "4", "delivered": "4", "opened": "2", "open_rate": "50.0%", "clicked": "1",
+                         "click_rate": "25.0%", "hard_bounced": "0", "unsubscribed": "0", "complained": "0"}
+    assert rows["2"] == {"sent": "4", "delivered": "3", "opened": "2", "open_rate": "66.7%", "clicked": "1",
+                         "click_rate": "33.3%", "hard_bounced": "1", "unsubscribed": "0", "complained": "0"}
+    assert rows["total"]["sent"] == "8" and rows["total"]["open_rate"] == "57.1%"
+    assert list(rows) == ["2", "1", "total"]  # newest version first
+    quiet = Template.objects.get(workspace=ws.workspace, slug="quiet")
+    assert "Nothing sent with this template yet" in marketer.get(f"/email/templates/{quiet.pk}/").content.decode()
+
+    # one grouped query for the list, whatever the number of templates and messages
+    with CaptureQueriesContext(connection) as before:
+        marketer.get("/email/")
+    for n in range(4):
+        extra, _ = make_template(ws, f"extra{n}")
+        for k in range(3):
+            sent_message(ws, make_contact(ws, f"x{n}-{k}@example.com"), extra)
+    with CaptureQueriesContext(connection) as after:
+        marketer.get("/email/")
+    assert len(after.captured_queries) == len(before.captured_queries)
+
+
+def test_the_list_counts_only_this_workspaces_messages(ws, other_ws, marketer):
+    from test_email_tracking import make_contact, make_template, sent_message
+
+    make_template(ws, "spring")
+    theirs, _ = make_template(other_ws, "spring")
+    sent_message(other_ws, make_contact(other_ws, "o@example.com"), theirs)
+    assert _row(marketer.get("/email/").content.decode(), "Spring")["sent"] == "0"

@@ -1,19 +1,22 @@
 """Management API: email messages, what happened to each, and statistics per template, version,
 broadcast and A/B variant. Opens and clicks by machines (privacy proxies, link scanners) are left
-out of statistics unless `include_machine=true`."""
+out of statistics unless `include_machine=true`. Messages in review (a send interrupted when it
+may have gone out) are listed with `?status=review` and resent, marked as sent or dismissed with
+`POST /review` (many) or `POST /{id}/review` (one)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from django.db.models import Prefetch
-from ninja import Query, Router, Schema
+from ninja import Field, Query, Router, Schema
 from ninja.errors import HttpError
 
 from leadflow.api import cursor
+from leadflow.api.auth import actor
 from leadflow.contacts import selectors as contact_selectors
-from leadflow.messaging import stats
+from leadflow.messaging import review, stats
 from leadflow.messaging.models import Broadcast, Message, MessageEvent, MessageStatus, Template
 
 router = Router(tags=["email messages"])
@@ -114,6 +117,31 @@ class VariantFiguresOut(FiguresOut):
     label: str
 
 
+ReviewAction = Literal["resend", "mark_sent", "dismiss"]
+
+
+class ReviewIn(Schema):
+    action: ReviewAction = Field(..., description="resend: queue it again now (same dedupe key, through the "
+                                                  "consent gate); mark_sent: it did arrive; dismiss: it did not "
+                                                  "go out and will not (failed, with `reason`)")
+    ids: list[int] | None = Field(None, description="the messages; or instead one of broadcast_id, journey_id, all")
+    broadcast_id: int | None = Field(None, description="every message of this broadcast that is in review")
+    journey_id: int | None = Field(None, description="every message of this journey that is in review")
+    all: bool = Field(False, description="every message of the workspace that is in review")
+    reason: str = Field("", description="why (required to dismiss); recorded on each message's event")
+
+
+class ReviewOneIn(Schema):
+    action: ReviewAction
+    reason: str = ""
+
+
+class ReviewOut(Schema):
+    action: str
+    count: int
+    ids: list[int]
+
+
 class BroadcastStatsOut(Schema):
     broadcast_id: int
     slug: str
@@ -157,11 +185,19 @@ def _with_events(queryset):
     return queryset.prefetch_related(Prefetch("events", queryset=MessageEvent.objects.order_by("at", "pk")))
 
 
+def _review(request, **selection) -> review.ReviewDone:
+    try:
+        return review.review_act(workspace=request.workspace, actor=actor(request), **selection)
+    except review.ReviewRefused as exc:
+        raise HttpError(404 if exc.not_found and not exc.not_in_review else 409, str(exc)) from None
+
+
 # --- routes -----------------------------------------------------------------------------------
 
 @router.get("", response=MessagePage, summary="List messages (newest first), filtered")
 def messages_list(request, contact_id: int | None = None, template_id: int | None = None,
-                  broadcast_id: int | None = None, status: str = "", to_email: str = "",
+                  broadcast_id: int | None = None, journey_id: int | None = None, status: str = "",
+                  to_email: str = "",
                   limit: int = Query(50, ge=1, le=cursor.MAX_LIMIT),
                   next: str | None = Query(None, description="the `next` cursor of the previous page")):
     queryset = _messages(request)
@@ -172,6 +208,8 @@ def messages_list(request, contact_id: int | None = None, template_id: int | Non
     for name, value in (("contact_id", contact_id), ("template_id", template_id), ("broadcast_id", broadcast_id)):
         if value is not None:
             queryset = queryset.filter(**{name: value})
+    if journey_id is not None:
+        queryset = queryset.filter(source__startswith=f"journey:{journey_id}:")
     if to_email:
         queryset = queryset.filter(to_email__iexact=to_email.strip())
     items, following = cursor.page(queryset, cursor=next, limit=limit, order=("-pk",))
@@ -214,6 +252,21 @@ def broadcast_stats(request, broadcast_id: int, include_machine: bool = False):
         raise HttpError(404, f"no broadcast {broadcast_id} in this workspace")
     return {**stats.broadcast_stats(broadcast=broadcast, include_machine=include_machine),
             "include_machine": include_machine}
+
+
+@router.post("/review", response=ReviewOut,
+             summary="Messages in review: resend, mark as sent or dismiss many at once (all or nothing)")
+def messages_review(request, payload: ReviewIn):
+    done = _review(request, action=payload.action, message_ids=payload.ids, broadcast_id=payload.broadcast_id,
+                   journey_id=payload.journey_id, everything=payload.all, reason=payload.reason)
+    return {"action": done.action, "count": done.count, "ids": done.ids}
+
+
+@router.post("/{message_id}/review", response=MessageDetailOut,
+             summary="A message in review: resend it, mark it as sent or dismiss it")
+def message_review(request, message_id: int, payload: ReviewOneIn):
+    _review(request, action=payload.action, message_ids=[message_id], reason=payload.reason)
+    return message_detail_out(_with_events(_messages(request)).get(pk=message_id))
 
 
 @router.get("/{message_id}", response=MessageDetailOut, summary="One message with everything that happened to it")

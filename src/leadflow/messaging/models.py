@@ -333,6 +333,7 @@ class MessageEventKind(models.TextChoices):
     COMPLAINED = "complained"
     FAILED = "failed"
     REVIEW = "review"
+    REQUEUED = "requeued"  # a person chose to send a message in review again (messaging.review)
 
 
 class MessageEvent(models.Model):

@@ -133,3 +133,24 @@ def _sum(groups) -> dict:
         for name in COUNTS:
             total[name] += figures[name]
     return with_rates(total)
+
+
+SUMMARY = ("sent", "delivered", "opened", "clicked")
+
+
+def templates_summary(*, workspace_id: int, template_ids: list[int]) -> dict[int, dict]:
+    """The figures the templates list shows, for each of `template_ids` that has messages: sent,
+    delivered, opened, clicked (people only: machine opens and bot clicks never stamp `opened_at`
+    or `clicked_at`), open_rate and click_rate (over delivered, as everywhere here). One grouped
+    query over the message rows' own columns, whatever the number of templates."""
+    if not template_ids:
+        return {}
+    figures = _aggregates(include_machine=False)
+    rows = (_messages(workspace_id).filter(template_id__in=template_ids).order_by().values("template_id")
+            .annotate(**{name: figures[name] for name in SUMMARY}))
+    out = {}
+    for row in rows:
+        counts = {name: int(row[name] or 0) for name in SUMMARY}
+        out[row["template_id"]] = {**counts, "open_rate": _rate(counts["opened"], counts["delivered"]),
+                                   "click_rate": _rate(counts["clicked"], counts["delivered"])}
+    return out

@@ -1,8 +1,10 @@
-"""Email pages: content (templates, versions, approvals, layouts), mounted at /email/ in `web`."""
+"""Email pages: content (templates, versions, approvals, layouts) and the review queue, mounted
+at /email/ in `web`."""
 
 from django.urls import path
 
 from leadflow.web import views_email_content as views
+from leadflow.web import views_email_review
 
 urlpatterns = [
     path("", views.templates_list, name="email-templates"),
@@ -29,4 +31,6 @@ urlpatterns = [
     path("layouts/new/", views.layout_edit, name="email-layout-new"),
     path("layouts/<int:layout_id>/", views.layout_edit, name="email-layout"),
     path("layouts/<int:layout_id>/delete/", views.layout_delete, name="email-layout-delete"),
+    path("review/", views_email_review.review_list, name="email-review"),
+    path("review/act/", views_email_review.review_act, name="email-review-act"),
 ]

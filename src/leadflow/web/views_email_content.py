@@ -1,5 +1,6 @@
-"""Email content pages: templates list, the editor with its live preview, versions with diff, a
-version's page (submit, approve, reject, test send), the approval queue and layouts.
+"""Email content pages: templates list (with each template's sent, open and click rates), the
+editor with its live preview and the figures per version, versions with diff, a version's page
+(submit, approve, reject, test send), the approval queue and layouts.
 
 Previews are shown in `<iframe sandbox srcdoc=…>`: the marketer's HTML runs with no scripts and
 no access to the app's origin.
@@ -22,7 +23,7 @@ from leadflow.core.models import Role
 from leadflow.core.services import ServiceError
 from leadflow.lifecycle.models import DEFAULT_STAGES
 from leadflow.messaging import content as services
-from leadflow.messaging import rendering
+from leadflow.messaging import rendering, stats
 from leadflow.messaging.models import TemplateKind, VersionStatus
 from leadflow.segments import selectors as segment_selectors
 from leadflow.web.views import _actor, workspace_view
@@ -94,6 +95,23 @@ def _can_decide(request: HttpRequest, version) -> str | None:
     return services.version_decision_refusal(version=version, decider=decider)
 
 
+def _pct(rate: float | None) -> str:
+    return "—" if rate is None else f"{rate:.1%}"
+
+
+def _with_pcts(figures: dict) -> dict:
+    return {**figures, **{f"{name}_pct": _pct(figures.get(name)) for name in (
+        "open_rate", "click_rate", "bounce_rate", "unsubscribe_rate", "complaint_rate", "click_to_open")}}
+
+
+def _template_figures(template) -> dict | None:
+    """A template's statistics in total and per version (people's opens and clicks only)."""
+    if template is None or template.pk is None:
+        return None
+    figures = stats.template_stats(template=template)
+    return {"total": _with_pcts(figures["total"]), "versions": [_with_pcts(row) for row in figures["versions"]]}
+
+
 # --- templates ------------------------------------------------------------------------------------
 
 @workspace_view()
@@ -101,6 +119,9 @@ def templates_list(request: HttpRequest) -> HttpResponse:
     archived = request.GET.get("archived") == "1"
     q = request.GET.get("q", "").strip()
     templates = list(services.template_list(workspace=request.workspace, archived=archived, q=q))
+    figures = stats.templates_summary(workspace_id=request.workspace.pk, template_ids=[t.pk for t in templates])
+    for t in templates:
+        t.figures = _with_pcts(figures[t.pk]) if t.pk in figures else None
     return render(request, "web/email/content/templates_list.html", {
         "section": "email", "subnav": "templates", "templates": templates, "archived": archived, "q": q,
         "pending": services.approvals_pending(workspace=request.workspace).count()})
@@ -128,7 +149,7 @@ def _editor(request: HttpRequest, *, template, version, initial: dict, error: st
         "section": "email", "subnav": "templates", "template": template, "version": version, "initial": initial,
         "error": error, "options": _options(request), "kinds": TemplateKind.choices,
         "editing_in_place": version is not None and version.status == VersionStatus.DRAFT and version.submitted_at is None,
-        "stages": DEFAULT_STAGES,
+        "stages": DEFAULT_STAGES, "figures": _template_figures(template),
     }, status=status)
 
 
