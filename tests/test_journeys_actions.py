@@ -147,3 +147,99 @@ def test_a_failing_step_fails_those_people_and_says_why(ws, frozen_clock):
     e = Enrollment.objects.get(journey=journey)
     assert e.state == "failed" and "nobody" in e.end_reason
     assert EnrollmentStep.objects.filter(enrollment=e, kind="failed").exists()
+
+
+def test_the_sales_alert_note_is_in_the_email_and_a_redone_step_alerts_once(ws, frozen_clock):
+    rep = user_create(username="advisor", password="pw-123456789", email="advisor@acme.test", workspace=ws.workspace,
+                      role="sales")
+    lifecycle_settings_update(workspace=ws.workspace, changes={"default_pool": [rep.pk]}, actor="test")
+    journey = apply(ws, steps_journey("handoff", [{"id": "alert", "type": "sales_alert",
+                                                   "note": "downloaded the guide"}]))
+    send(ws, identify("ann", email="ann@example.com"))
+    send(ws, track("ann", "Go"))
+    mail = Notification.objects.get(to_address="advisor@acme.test")
+    assert "From journey: Handoff, step alert" in mail.text_body
+    assert "Note: downloaded the guide" in mail.text_body, "the note is written before the email, not after"
+    Enrollment.objects.filter(journey=journey).update(node="alert", steps=0, state="active", ended_at=None,
+                                                      end_reason="", due_at=frozen_clock(), resume="arrive")
+    tick(frozen_clock)
+    assert (SalesAlert.objects.count(), Notification.objects.count(), Assignment.objects.count()) == (1, 1, 1)
+
+
+def test_notify_owner_makes_a_sales_task_due_later_and_skips_people_without_an_owner(ws, frozen_clock):
+    from leadflow.lifecycle.models import SalesTask
+
+    rep = user_create(username="rep", password="pw-123456789", email="rep@acme.test", workspace=ws.workspace,
+                      role="sales")
+    journey = apply(ws, steps_journey("owner-task", [
+        {"id": "route", "type": "branch", "if": {"field": "traits.vip", "op": "eq", "value": True},
+         "yes": "assign", "no": "tell"},
+        {"id": "assign", "type": "assign_owner", "user": "rep", "next": "tell"},
+        {"id": "tell", "type": "notify_owner", "note": "VIP signed up", "task": "Call within a day",
+         "due_days": 1.5}]))
+    send(ws, identify("ann", email="ann@example.com", vip=True), identify("bob", email="bob@example.com"))
+    send(ws, track("ann", "Go"), track("bob", "Go"))
+    task = SalesTask.objects.get()
+    assert (task.contact.user_id, task.owner_id, task.title) == ("ann", rep.pk, "Call within a day")
+    assert task.due_at == frozen_clock() + dt.timedelta(hours=36)
+    users = {contact_of(ws, u).pk: u for u in ("ann", "bob")}
+    notified = {users[c]: told for c, told in EnrollmentStep.objects.filter(journey=journey, node="tell", kind="passed")
+                .values_list("contact_id", "detail__notified")}
+    assert notified == {"ann": True, "bob": False}, "bob has no owner: told nobody, no task"
+
+
+def test_a_due_date_needs_a_task(ws):
+    from leadflow.journeys.language import JourneyError
+
+    with pytest.raises(JourneyError, match="due_days"):
+        apply(ws, steps_journey("bad", [{"id": "tell", "type": "notify_owner", "note": "hi", "due_days": 2}]))
+    with pytest.raises(JourneyError, match="due_days"):
+        apply(ws, steps_journey("bad", [{"id": "tell", "type": "notify_owner", "task": "Call", "due_days": -1}]))
+
+
+def test_a_list_step_removes_people_from_a_static_list(ws, frozen_clock):
+    newsletter = segment_services.segment_create(workspace=ws.workspace, name="Newsletter", kind="static",
+                                                 actor="test")
+    template(ws, "hello")
+    left = apply(ws, {"name": "Left the list", "slug": "left-list", "triggers": [{"segment_exited": "newsletter"}],
+                      "nodes": [{"id": "mail", "type": "send_email", "template": "hello"}]})
+    unlist = apply(ws, steps_journey("unlist", [
+        {"id": "out", "type": "list", "remove": "newsletter", "next": "again"},
+        {"id": "again", "type": "list", "remove": "newsletter"}]))
+    send(ws, identify("ann", email="ann@example.com"), identify("bob", email="bob@example.com"),
+         identify("cem", email="cem@example.com"))
+    segment_services.segment_members_add(segment=newsletter, actor="test", user_ids=["ann", "bob"])
+    send(ws, track("ann", "Go"), track("cem", "Go"))  # cem is not on the list: nothing to remove
+    members = set(SegmentMember.objects.filter(segment=newsletter).values_list("contact__user_id", flat=True))
+    assert members == {"bob"}
+    assert states(unlist) == {"ann": "completed", "cem": "completed"}, "removing someone not on it is no error"
+    assert states(left) == {"ann": "completed"}, "the removal is a segment exit other journeys hear, once"
+
+
+def test_a_send_step_that_names_a_sending_server_sends_through_it(ws, frozen_clock):
+    from leadflow.messaging import dispatch
+    from leadflow.messaging.models import Message
+    from leadflow.messaging.sending import messaging_settings_update, sending_server_create
+
+    from smtp_sink import SmtpSink, dispatching_to_sink
+
+    template(ws, "hello")
+    template(ws, "partner-offer")
+    with dispatching_to_sink() as main_sink, SmtpSink() as partner_sink:
+        messaging_settings_update(workspace_id=ws.workspace.pk, from_name="Acme", from_email="news@acme.test",
+                                  postal_address="1 Main St, Springfield")
+        sending_server_create(workspace=ws.workspace, name="Main", url=main_sink.url, is_default=True,
+                              rate_per_second=0)
+        partner = sending_server_create(workspace=ws.workspace, name="Partner", url=partner_sink.url,
+                                        rate_per_second=0)
+        apply(ws, steps_journey("via-partner", [
+            {"id": "offer", "type": "send_email", "template": "partner-offer", "server": "Partner"}]))
+        apply(ws, {"name": "Default", "slug": "default-server", "triggers": [{"event": "Hello"}],
+                   "nodes": [{"id": "hello", "type": "send_email", "template": "hello"}]})
+        send(ws, identify("ann", email="ann@example.com"), identify("bob", email="bob@example.com"))
+        send(ws, track("ann", "Go"), track("bob", "Hello"))
+        assert Message.objects.get(template__slug="partner-offer").server_id == partner.pk
+        dispatch.dispatch_run()
+        assert partner_sink.recipients() == ["ann@example.com"], "the named server carried the step's email"
+        assert main_sink.recipients() == ["bob@example.com"], "a step without a server uses the default"
+        assert partner_sink.messages[0].message["Subject"] == "Partner offer"

@@ -253,3 +253,71 @@ def test_a_person_holding_a_journey_the_breaker_paused_keeps_it_paused(ws, froze
     journey.refresh_from_db()
     assert journey.status == "paused" and journey.breaker_tripped_at is None
     assert journey.paused_reason == "checking the copy"
+
+
+# --- goals while paused or draining, and draining itself -------------------------------------------
+
+DEMO_GOAL = [{"name": "Booked a demo", "event": "Demo Booked"}]
+OPTED_OUT = [{"name": "Opted out", "event": "Stop Emails"}]
+
+
+def test_a_goal_event_while_paused_converts_at_once_and_the_resume_sends_nothing_more(ws, frozen_clock):
+    from leadflow.journeys.selectors import journey_node_stats, journey_numbers
+
+    template(ws, "thanks")
+    template(ws, "video")
+    journey = apply(ws, nurture(goals=DEMO_GOAL, exit_when=OPTED_OUT))
+    send(ws, identify("ann", email="ann@example.com"), identify("bob", email="bob@example.com"),
+         identify("cem", email="cem@example.com"))
+    send(ws, *[track(u, "Asset Downloaded", magnet_slug="retirement-guide") for u in ("ann", "bob", "cem")])
+    tick(frozen_clock, days=2)
+    assert sent(journey) == [("ann", "thanks"), ("bob", "thanks"), ("cem", "thanks")]
+    services.journey_status_set(journey=journey, status="paused", actor="test")
+    tick(frozen_clock, days=1)
+    send(ws, track("ann", "Demo Booked"), track("bob", "Stop Emails"))
+    assert states(journey) == {"ann": "converted", "bob": "exited", "cem": "active"}, \
+        "the goal and the exit rule apply while the journey is paused, not at the resume"
+    converted = EnrollmentStep.objects.get(journey=journey, kind="converted")
+    assert (converted.node, converted.detail["goal"], converted.at) == ("thanks", "Booked a demo", frozen_clock.current)
+    tick(frozen_clock, days=10)
+    services.journey_status_set(journey=journey, status="live", actor="test")
+    tick(frozen_clock)
+    assert sent(journey) == [("ann", "thanks"), ("bob", "thanks"), ("cem", "thanks"), ("cem", "video")], \
+        "after the resume only the person still in gets the next email"
+    numbers = journey_numbers(journeys=[journey])[journey.pk]
+    assert (numbers.converted, numbers.exited, numbers.completed) == (1, 1, 1)
+    nodes = {n.id: n for n in journey_node_stats(journey=journey).nodes}
+    assert nodes["thanks"].converted == 1, "the conversion is credited to the step passed before"
+
+
+def test_an_archived_journey_drains_on_its_versions_and_takes_nobody_new(client, ws, frozen_clock):
+    template(ws, "thanks")
+    template(ws, "video")
+    template(ws, "new-video")
+    journey = apply(ws, nurture(goals=DEMO_GOAL))
+    send(ws, *[identify(u, email=f"{u}@example.com") for u in ("ann", "bob", "cem", "dan")])
+    send(ws, *[track(u, "Asset Downloaded", magnet_slug="retirement-guide") for u in ("ann", "dan")])
+    changed = nurture(goals=DEMO_GOAL)
+    changed["nodes"][3] = {"id": "video", "type": "send_email", "template": "new-video"}
+    journey, second, _ = services.journey_apply(workspace=ws.workspace, data=changed, actor="test")
+    journey = services.journey_status_set(journey=journey, status="archived", actor="test")
+
+    send(ws, track("bob", "Asset Downloaded", magnet_slug="retirement-guide"))
+    assert set(states(journey)) == {"ann", "dan"}, "the trigger enters nobody into an archived journey"
+    with pytest.raises(ServiceError, match="archived.*draining"):
+        services.journey_enroll(journey=journey, contacts=[contact_of(ws, "cem")], actor="test")
+    resp = client.post(f"/api/journeys/{journey.pk}/enrollments", {"user_ids": ["cem"]},
+                       content_type="application/json", HTTP_AUTHORIZATION=ws.bearer)
+    assert resp.status_code == 400 and "archived" in resp.json()["detail"], resp.content
+    assert set(states(journey)) == {"ann", "dan"}
+
+    tick(frozen_clock, days=2)
+    assert sent(journey) == [("ann", "thanks"), ("dan", "thanks")]
+    send(ws, track("dan", "Demo Booked"))
+    assert states(journey)["dan"] == "converted", "a goal event ends people in a draining journey at once"
+    tick(frozen_clock, days=3)
+    assert sent(journey) == [("ann", "thanks"), ("ann", "video"), ("dan", "thanks")], \
+        "ann finishes on the version she entered (video, not new-video); dan gets nothing more"
+    assert states(journey) == {"ann": "completed", "dan": "converted"}
+    assert set(Enrollment.objects.filter(journey=journey).values_list("version__number", flat=True)) == {1}
+    assert second.number == 2

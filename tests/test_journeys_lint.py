@@ -289,3 +289,52 @@ def test_an_invalid_definition_is_one_finding_with_the_path(ws):
                                      "nodes": [{"id": "w", "type": "wait", "days": -1}]})
     assert codes(found) == [("error", "invalid", "nodes[0].days")]
     assert lint.findings_text(found).startswith("error: nodes[0].days: ")
+
+
+def test_a_grade_trigger_every_grade_meets_is_flagged_and_grade_triggers_are_compared():
+    def graded(*triggers):
+        return journey_parse({"name": "g", "triggers": list(triggers), "nodes": [{"id": "x", "type": "exit"}]})
+
+    found = graph_lint(graded({"event": "Signed Up"}, {"grade": "D"}))
+    assert codes(found) == [("warning", "grade_always_met", "triggers[1]")]
+    assert "first graded" in found[0].message and "exactly: true" in found[0].message
+    assert graph_lint(graded({"grade": "D", "exactly": True}, {"grade": "B"})) == []
+    b_or_better = trigger_keys(graded({"grade": "B"}))
+    assert shared_trigger(b_or_better, trigger_keys(graded({"grade": "B"}))) == "the fit grade reaching B"
+    assert shared_trigger(b_or_better, trigger_keys(graded({"grade": "B", "exactly": True}))) is None
+    assert shared_trigger(b_or_better, trigger_keys(graded({"grade": "A"}))) is None
+
+
+@pytestmark_db
+def test_stream_content_without_an_approved_version_or_a_topic_is_flagged(ws, news, frozen_clock):
+    from leadflow.journeys import streams
+    from leadflow.messaging.models import Template
+
+    template(ws, "ready", topic="news")
+    template(ws, "no-topic")
+    template(ws, "retired", topic="news")
+    Template.objects.create(workspace=ws.workspace, name="Draft", slug="draft", topic="news")
+    streams.stream_apply(workspace=ws.workspace, actor="test", data={"slug": "early", "items": [
+        {"template": "ready"}, {"template": "draft"}, {"template": "no-topic", "role": "buyer"},
+        {"template": "retired"}]})
+    streams.stream_apply(workspace=ws.workspace, actor="test", data={"slug": "late", "items": [{"template": "ready"}]})
+    Template.objects.filter(slug="retired").update(archived_at=frozen_clock.current)
+    drip = {"id": "drip", "type": "stream", "pools": [{"stream": "early", "stages": ["lead"]}, {"stream": "late"}],
+            "cadence": {"every_days": 14, "weekday": "tue"}}
+    data = {"name": "Drip", "slug": "drip", "triggers": [{"event": "Signed Up"}], "nodes": [drip]}
+
+    found = journey_lint(workspace_id=ws.workspace.pk, definition=data)
+    path = "nodes[0].pools[0].stream"
+    assert codes(found) == [("warning", "stream_item_not_approved", path),
+                            ("warning", "stream_item_missing_topic", path),
+                            ("warning", "stream_item_not_approved", path)], "the 'late' stream is fine"
+    draft, no_topic, retired = (f.message for f in found)
+    assert draft.startswith("Item 2 of the stream 'early' ('draft') has no approved version: 'drip' skips it")
+    assert no_topic.startswith("Item 3 of the stream 'early' ('no-topic', for the role 'buyer') has no "
+                               "subscription topic")
+    assert retired.startswith("Item 4 of the stream 'early' ('retired') is archived")
+
+    with_topic = {**data, "nodes": [{**drip, "topic": "news"}]}
+    assert [f.code for f in journey_lint(workspace_id=ws.workspace.pk, definition=with_topic)] == [
+        "stream_item_not_approved", "stream_item_not_approved"], "the step's topic covers every item"
+    assert apply(ws, with_topic).status == "live", "warnings do not stop publishing"

@@ -205,3 +205,142 @@ def test_timers_run_the_date_pass(ws, frozen_clock):
     assert "journeys.dates" in timers_run(force=True)
     tick(frozen_clock)
     assert mailed(journey) == ["ann"]
+
+
+def test_a_date_trait_trigger_with_a_positive_offset_enters_days_after_the_date(ws, frozen_clock):
+    template(ws, "hello")
+    journey = apply(ws, one_email("Check-in", "check-in", [{"date_trait": "signup_date", "offset_days": 3}]))
+    send(ws, identify("ann", email="ann@example.com", signup_date="2026-03-02"),
+         identify("bob", email="bob@example.com", signup_date="2026-03-04T16:30:00Z"))
+    for day in (2, 3, 4):
+        frozen_clock.set(dt.datetime(2026, 3, day, 10, tzinfo=dt.timezone.utc))
+        assert date_triggers_run(now=frozen_clock.current) == 0, f"March {day} is before the date + 3 days"
+    frozen_clock.set(dt.datetime(2026, 3, 5, 10, tzinfo=dt.timezone.utc))  # 3 days after ann's date
+    assert date_triggers_run(now=frozen_clock.current) == 1
+    assert date_triggers_run(now=frozen_clock.current) == 0, "the same day enters nobody twice"
+    tick(frozen_clock)
+    assert mailed(journey) == ["ann"]
+    assert Enrollment.objects.get(journey=journey).entry_key == "d2026-03-02"
+    frozen_clock.set(dt.datetime(2026, 3, 7, 10, tzinfo=dt.timezone.utc))  # 3 days after bob's
+    date_triggers_run(now=frozen_clock.current)
+    tick(frozen_clock)
+    assert mailed(journey) == ["ann", "bob"]
+
+
+# --- score and grade crossings ------------------------------------------------------------------
+
+def test_a_grade_trigger_enters_when_the_fit_grade_reaches_it_or_becomes_it(ws, frozen_clock):
+    # Default fit rules: a business address 15, a manager title 10, a director/VP title 25;
+    # grades A 60, B 40, C 20.
+    template(ws, "hello")
+    good = apply(ws, one_email("Good fit", "good-fit", [{"grade": "B"}], reentry="every_time"))
+    slipped = apply(ws, one_email("Slipped", "slipped", [{"grade": "c", "exactly": True}], reentry="every_time"))
+    send(ws, identify("ann", email="ann@example.com", title="Director"),  # 40: B
+         identify("bob", email="bob@example.com"))  # 15: D
+    assert contact_of(ws, "ann").fit_grade == "B" and contact_of(ws, "bob").fit_grade == "D"
+    assert mailed(good) == ["ann"] and mailed(slipped) == []
+    assert Enrollment.objects.get(journey=good).data == {"grade": {"fit_grade": "B"}}
+    send(ws, identify("ann", title="VP Sales"))
+    assert mailed(good) == ["ann"], "still B or better: no new crossing"
+    send(ws, identify("bob", title="Sales Manager"))  # 25: C
+    assert mailed(slipped) == ["bob"] and mailed(good) == ["ann"]
+    send(ws, identify("ann", title="Office Manager"))  # B to C
+    assert mailed(slipped) == ["ann", "bob"]
+    frozen_clock.advance(hours=1)
+    send(ws, identify("ann", title="Director"))  # C to B again
+    assert mailed(good) == ["ann", "ann"], "fell below B and reached it again"
+
+
+def test_a_journeys_score_step_enters_people_into_a_score_journey_at_once(ws, frozen_clock):
+    template(ws, "hello")
+    hot = apply(ws, one_email("Hot", "hot", [{"score": "engagement_score", "at_least": 40}]))
+    apply(ws, {"name": "Boost", "slug": "boost", "triggers": [{"event": "Go"}],
+               "nodes": [{"id": "boost", "type": "score", "points": 50}]})
+    send(ws, identify("ann", email="ann@example.com"), identify("bob", email="bob@example.com"))
+    send(ws, track("ann", "Go"))  # no scoring rule counts "Go": only the step raises the score
+    assert contact_of(ws, "ann").engagement_score == 50
+    assert mailed(hot) == ["ann"], "entered by the step's crossing, without waiting for an event or a pass"
+    assert Enrollment.objects.get(journey=hot).data == {"score": {"engagement_score": 50.0}}
+
+
+def test_score_and_grade_changes_without_an_event_enter_people_by_the_periodic_pass(ws, frozen_clock):
+    from leadflow.scoring.services import rule_create, settings_update
+
+    template(ws, "hello")
+    rule_create(workspace=ws.workspace, kind="engagement", name="Demo", condition={"event": "Demo Viewed"},
+                points=25, actor="test")
+    rule_create(workspace=ws.workspace, kind="engagement", name="Cooling off", condition={"event": "Cooled"},
+                points=-30, expires_after_days=1, actor="test")
+    hot = apply(ws, one_email("Hot", "hot", [{"score": "engagement_score", "at_least": 40}]))
+    good = apply(ws, one_email("Good fit", "good-fit", [{"grade": "B"}]))
+    send(ws, identify("ann", email="ann@example.com", title="Sales Manager"))  # fit 25: C
+    send(ws, track("ann", "Cooled"), track("ann", "Demo Viewed"), track("ann", "Demo Viewed"))  # 50 - 30
+    assert mailed(hot) == [] and mailed(good) == []
+
+    settings_update(workspace=ws.workspace, changes={"grade_b": 25}, actor="test")  # rescores every contact
+    assert contact_of(ws, "ann").fit_grade == "B"
+    frozen_clock.advance(days=2)  # the -30 has expired; only the decay pass will notice
+    assert mailed(good) == [] and mailed(hot) == [], "nothing happened to ann in the pipeline"
+    ran = timers_run(force=True)
+    assert ran.index("scoring.decay") < ran.index("journeys.thresholds")
+    assert contact_of(ws, "ann").engagement_score > 40
+    tick(frozen_clock)
+    assert mailed(good) == ["ann"] and mailed(hot) == ["ann"]
+    timers_run(force=True)
+    send(ws, track("ann", "Demo Viewed"))
+    tick(frozen_clock)
+    assert mailed(good) == ["ann"] and mailed(hot) == ["ann"], "staying above is no new crossing"
+
+
+def test_people_already_above_when_a_journey_goes_live_or_resumes_are_not_taken_for_crossings(ws, frozen_clock):
+    from leadflow.scoring.services import rule_create
+
+    template(ws, "hello")
+    rule_create(workspace=ws.workspace, kind="engagement", name="Demo", condition={"event": "Demo Viewed"},
+                points=25, actor="test")
+    rule_create(workspace=ws.workspace, kind="engagement", name="Gone quiet", condition={"event": "Cooled"},
+                points=-30, actor="test")
+    send(ws, identify("ann", email="ann@example.com"), identify("bob", email="bob@example.com"))
+    send(ws, track("ann", "Demo Viewed"), track("ann", "Demo Viewed"))  # 50, before the journey exists
+    hot = apply(ws, one_email("Hot", "hot", [{"score": "engagement_score", "at_least": 40}], reentry="every_time"))
+    send(ws, track("ann", "Ping"))
+    timers_run(force=True)
+    tick(frozen_clock)
+    assert mailed(hot) == [], "ann was above before the journey went live: no crossing"
+
+    services.journey_status_set(journey=hot, status="paused", actor="test")
+    send(ws, track("bob", "Demo Viewed"), track("bob", "Demo Viewed"))  # bob crosses while it is paused
+    services.journey_status_set(journey=hot, status="live", actor="test")
+    send(ws, track("bob", "Ping"))
+    timers_run(force=True)
+    tick(frozen_clock)
+    assert mailed(hot) == [], "nobody enters a paused journey, and the resume does not enter them late"
+
+    send(ws, track("ann", "Cooled"))  # 20
+    send(ws, track("ann", "Demo Viewed"))  # 45: a real crossing
+    assert mailed(hot) == ["ann"]
+
+
+def test_a_grade_trigger_round_trips_through_a_file_and_the_editor(ws):
+    from leadflow.journeys.yamlio import yaml_load
+    from leadflow.web import journey_editor
+
+    text = """
+name: Fit dropped
+slug: fit-dropped
+triggers:
+  - grade: D
+    exactly: true
+  - grade: b
+nodes:
+  - {id: mail, type: send_email, template: hello}
+"""
+    template(ws, "hello")
+    journey = apply(ws, yaml_load(text))
+    exported = services.journey_export(journey=journey)
+    assert exported["triggers"] == [{"grade": "D", "exactly": True}, {"grade": "B"}]
+    state = journey_editor.state_from_definition(exported)
+    assert [row.values for row in state.triggers] == [{"grade": "=D"}, {"grade": "B"}]
+    assert journey_editor.state_definition(state, slug="fit-dropped")["triggers"] == exported["triggers"]
+    with pytest.raises(Exception, match="triggers"):
+        apply(ws, {**yaml_load(text), "triggers": [{"grade": "E"}]})

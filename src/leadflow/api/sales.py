@@ -1,4 +1,4 @@
-"""The sales handoff over the API: the leads inbox, sales actions, rep profiles, alerts.
+"""The sales handoff over the API: the leads inbox, sales actions, tasks, rep profiles, alerts.
 
 The management API authenticates a workspace secret key, not a person, so every action names the
 salesperson it is done as in `acting_user` (a username or user id); that member's role and
@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ninja import Field, Query, Router, Schema
+from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from leadflow.api.auth import actor
@@ -102,6 +102,7 @@ class AlertOut(Schema):
     kind: str
     contact_id: int
     assignment_id: int | None
+    task_id: int | None
     created_at: dt.datetime
     read_at: dt.datetime | None
     context: dict[str, Any]
@@ -218,5 +219,103 @@ def reps_update(request, body: list[RepIn]):
 def alerts_list(request, user: str = Query(..., description="username or id"), unread: bool = False):
     member = _user(request, user)
     return [{"id": a.pk, "kind": a.kind, "contact_id": a.contact_id, "assignment_id": a.assignment_id,
-             "created_at": a.created_at, "read_at": a.read_at, "context": a.context}
+             "task_id": a.task_id, "created_at": a.created_at, "read_at": a.read_at, "context": a.context}
             for a in selectors.sales_alerts(workspace=request.workspace, user=member, unread_only=unread)[:200]]
+
+
+class TaskOut(Schema):
+    id: int
+    contact_id: int
+    contact_email: str
+    contact_name: str
+    owner: UserRef | None
+    title: str
+    note: str
+    due_at: dt.datetime | None
+    overdue: bool
+    created_at: dt.datetime
+    created_by: str
+    journey: str = Field(description="slug of the journey that made it; empty for a task added by hand")
+    journey_step: str
+    done_at: dt.datetime | None
+    done_by: UserRef | None
+
+
+class TaskPage(Schema):
+    items: list[TaskOut]
+
+
+class TaskIn(ActingIn):
+    contact_id: int
+    title: str = Field(min_length=1, max_length=200)
+    note: str = ""
+    due_at: dt.datetime | None = Field(None, description="ISO 8601; without a zone it is UTC")
+    owner: str | int | None = Field(None, description="username or id; default: the acting user")
+
+
+def task_out(task) -> dict:
+    return {"id": task.pk, "contact_id": task.contact_id, "contact_email": task.contact.email,
+            "contact_name": task.contact.name, "owner": _user_ref(task.owner), "title": task.title,
+            "note": task.note, "due_at": task.due_at, "overdue": task.overdue, "created_at": task.created_at,
+            "created_by": task.created_by, "journey": task.journey_slug, "journey_step": task.journey_step,
+            "done_at": task.done_at, "done_by": _user_ref(task.done_by)}
+
+
+def _task(request, task_id: int):
+    task = selectors.task_get(workspace=request.workspace, task_id=task_id)
+    if task is None:
+        raise HttpError(404, f"no task {task_id} in this workspace")
+    return task
+
+
+def _task_act(request, task_id: int, body: ActingIn, action) -> dict:
+    task = _task(request, task_id)
+    user = _user(request, body.acting_user)
+    try:
+        task = action(task=task, user=user, via=actor(request))
+    except services.NotAllowed as exc:
+        raise HttpError(403, str(exc)) from None
+    except services.TaskConflict as exc:
+        raise HttpError(409, str(exc)) from None
+    return task_out(selectors.task_get(workspace=request.workspace, task_id=task.pk))
+
+
+@router.get("/tasks", response=TaskPage, summary="Sales tasks: open ones earliest due first, with overdue")
+def tasks_list(request, owner: str = Query("", description="username or id; empty: every owner"),
+               contact_id: int | None = Query(None, description="only this contact's tasks"),
+               status: str = Query("open", description="open, done or all")):
+    owner_ids = [_user(request, owner).pk] if owner else None
+    try:
+        tasks = selectors.sales_tasks(workspace=request.workspace, owner_ids=owner_ids, contact_id=contact_id,
+                                      status=status)
+    except ValueError as exc:
+        raise HttpError(400, f"status: {exc}") from None
+    return {"items": [task_out(t) for t in tasks]}
+
+
+@router.post("/tasks", response={201: TaskOut}, summary="Add a task (for the acting user or a rep they manage)")
+def task_add(request, body: TaskIn):
+    contact = _contact(request, body.contact_id)
+    user = _user(request, body.acting_user)
+    owner = None
+    if body.owner not in (None, ""):
+        try:
+            owner = services.user_resolve(workspace=request.workspace, ref=body.owner)
+        except ServiceError as exc:
+            raise HttpError(400, f"owner: {exc}") from None
+    try:
+        task = services.task_create(contact=contact, user=user, owner=owner, title=body.title, note=body.note,
+                                    due_at=body.due_at, via=actor(request))
+    except services.NotAllowed as exc:
+        raise HttpError(403, str(exc)) from None
+    return Status(201, task_out(selectors.task_get(workspace=request.workspace, task_id=task.pk)))
+
+
+@router.post("/tasks/{task_id}/complete", response=TaskOut, summary="Mark a task done")
+def task_complete(request, task_id: int, body: ActingIn):
+    return _task_act(request, task_id, body, services.task_complete)
+
+
+@router.post("/tasks/{task_id}/reopen", response=TaskOut, summary="Open a done task again")
+def task_reopen(request, task_id: int, body: ActingIn):
+    return _task_act(request, task_id, body, services.task_reopen)

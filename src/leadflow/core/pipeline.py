@@ -50,7 +50,7 @@ def _timers():
     """Periodic passes: (name, interval in seconds, function taking `now`). Each runs in its own
     transaction, on one worker at a time, and must be idempotent and set-based."""
     from leadflow.journeys.health import journeys_health_run
-    from leadflow.journeys.triggers import date_triggers_run
+    from leadflow.journeys.triggers import date_triggers_run, thresholds_run
     from leadflow.lifecycle.timers import lifecycle_timers_run
     from leadflow.messaging.bounces import mailbox_poll_run
     from leadflow.messaging.broadcasts import broadcasts_tick
@@ -60,7 +60,7 @@ def _timers():
     return [("scoring.decay", 3600, decay_run), ("lifecycle.timers", 60, lifecycle_timers_run),
             ("segments.timers", 300, segments_timers_run), ("messaging.broadcasts", 15, broadcasts_tick),
             ("messaging.mailbox", 60, mailbox_poll_run), ("journeys.dates", 3600, date_triggers_run),
-            ("journeys.health", 60, journeys_health_run)]
+            ("journeys.health", 60, journeys_health_run), ("journeys.thresholds", 300, thresholds_run)]
 
 
 def timers_run(*, force: bool = False) -> list[str]:

@@ -1,18 +1,31 @@
-"""Journey steps that reach sales: hand a lead over with an alert, or tell its owner.
+"""Journey steps that reach sales: hand a lead over with an alert, or tell its owner and give them
+a task.
 
 They use the sales side's own machinery (`leadflow.lifecycle.services`): routing rules and
-round-robin pools choose an owner, and every alert is an in-app item with the context that made
-the lead hot plus an email through the notification outbox.
+round-robin pools choose an owner, every alert is an in-app item with the context that made the
+lead hot plus an email through the notification outbox, and a task is a `SalesTask` in the rep's
+inbox. The journey, the step, its note and its task are in the alert before its email is written,
+so the rep reads them in the email too. Tasks and alerts carry the step's dedupe key
+(`engine.dedupe_key`): a pass redone after a crash finds them and adds nothing.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+
 from leadflow.journeys import language as lang
+from leadflow.journeys.engine import dedupe_key
 from leadflow.journeys.models import Enrollment
 
 
 def _reason(p, note: str) -> str:
     return f"journey {p.journey.name}" + (f": {note}" if note else "")
+
+
+def _journey_context(p, node, task: str = "") -> dict:
+    """What an alert from this step adds to the lead's snapshot."""
+    return {"journey": {"slug": p.journey.slug, "name": p.journey.name, "note": node.note, "task": task},
+            "journey_step": node.id}
 
 
 def sales_alerts_send(p, node: lang.SalesAlertNode, enrollments: list[Enrollment]) -> None:
@@ -21,55 +34,57 @@ def sales_alerts_send(p, node: lang.SalesAlertNode, enrollments: list[Enrollment
     from leadflow.lifecycle.models import Assignment, SalesAlert
     from leadflow.lifecycle.services import OPEN_STATUSES, alerts_create, leads_route
 
-    contacts = [p.contacts[e.contact_id] for e in enrollments]
-    made = leads_route(workspace_id=p.journey.workspace_id, now=p.now,
-                       leads=[(c, _reason(p, node.note)) for c in contacts])
+    workspace_id = p.journey.workspace_id
+    contacts, keys = {}, {}
+    for e in enrollments:
+        contacts.setdefault(e.contact_id, p.contacts[e.contact_id])
+        keys.setdefault(e.contact_id, dedupe_key(e, node.id))
+    extra = {contact_id: _journey_context(p, node) for contact_id in contacts}
+    made = leads_route(workspace_id=workspace_id, now=p.now, alert_extra=extra, alert_keys=keys,
+                       leads=[(c, _reason(p, node.note)) for c in contacts.values()])
     routed = {a.contact_id for a in made}
-    open_ones = list(Assignment.objects.filter(contact_id__in=[c.pk for c in contacts if c.pk not in routed],
-                                               status__in=OPEN_STATUSES).select_related("contact"))
+    open_ones = list(Assignment.objects.filter(workspace_id=workspace_id, status__in=OPEN_STATUSES,
+                                               contact_id__in=[pk for pk in contacts if pk not in routed])
+                     .select_related("contact"))
     if open_ones:
-        alerts_create(workspace_id=p.journey.workspace_id, assignments=open_ones, now=p.now,
-                      kind=SalesAlert.Kind.NEW_LEAD)
-    _annotate(p, node.note, "", {c.pk for c in contacts})
+        alerts_create(workspace_id=workspace_id, assignments=open_ones, now=p.now, kind=SalesAlert.Kind.NEW_LEAD,
+                      extra=extra, keys=keys)
 
 
 def owners_notify(p, node: lang.NotifyOwnerNode, enrollments: list[Enrollment]) -> set[int]:
-    """Alert each person's owner (or `node.user`), as a sales task when `node.task` is set.
-    Returns the contacts whose owner was told (those without an owner are skipped)."""
-    from leadflow.lifecycle.models import Assignment, SalesAlert
-    from leadflow.lifecycle.services import OPEN_STATUSES, alerts_create, user_resolve
+    """Alert each person's owner (or `node.user`) with the step's note, and with `node.task` give
+    them a sales task (due `node.due_days` later when set), for the whole group at once. Returns
+    the contacts whose owner was told (those without an owner are skipped)."""
+    from leadflow.lifecycle.models import Assignment, SalesAlert, SalesTask
+    from leadflow.lifecycle.services import OPEN_STATUSES, AlertItem, alerts_write, tasks_create, user_resolve
 
-    contacts = {e.contact_id: p.contacts[e.contact_id] for e in enrollments}
-    fixed = user_resolve(workspace=p.journey.workspace_id, ref=node.user).pk if node.user else None
-    open_by_contact = {a.contact_id: a for a in Assignment.objects.filter(contact_id__in=list(contacts),
-                                                                          status__in=OPEN_STATUSES)}
-    assignments, recipients, direct = [], {}, []
-    for contact_id, contact in contacts.items():
-        user_id = fixed or contact.owner_id
-        if not user_id:
-            continue
-        assignment = open_by_contact.get(contact_id)
-        if assignment is None:
-            direct.append(SalesAlert(workspace_id=p.journey.workspace_id, user_id=user_id, contact=contact,
-                                     kind=SalesAlert.Kind.NEW_LEAD, created_at=p.now, context={}))
-            continue
-        assignments.append(assignment)
-        recipients[assignment.pk] = user_id
-    alerts_create(workspace_id=p.journey.workspace_id, assignments=assignments, now=p.now,
-                  kind=SalesAlert.Kind.NEW_LEAD, recipients=recipients)
-    SalesAlert.objects.bulk_create(direct)  # an owner without an open assignment: the in-app alert
-    told = {a.contact_id for a in assignments} | {a.contact_id for a in direct}
-    _annotate(p, node.note, node.task, told)
-    return told
-
-
-def _annotate(p, note: str, task: str, contact_ids: set[int]) -> None:
-    """Add the journey, the step and the note/task to the alerts just made for these contacts."""
-    from leadflow.lifecycle.models import SalesAlert
-
-    alerts = list(SalesAlert.objects.filter(workspace_id=p.journey.workspace_id, contact_id__in=list(contact_ids),
-                                            created_at=p.now))
-    for alert in alerts:
-        alert.context = {**alert.context, "journey": {"slug": p.journey.slug, "name": p.journey.name,
-                                                      "note": note, "task": task}}
-    SalesAlert.objects.bulk_update(alerts, ["context"])
+    workspace_id = p.journey.workspace_id
+    fixed = user_resolve(workspace=workspace_id, ref=node.user).pk if node.user else None
+    telling = [(e, fixed or p.contacts[e.contact_id].owner_id) for e in enrollments]
+    telling = [(e, user_id) for e, user_id in telling if user_id]
+    if not telling:
+        return set()
+    open_by_contact = {a.contact_id: a for a in Assignment.objects.filter(
+        workspace_id=workspace_id, contact_id__in={e.contact_id for e, _ in telling}, status__in=OPEN_STATUSES)}
+    title = node.task.strip()
+    tasks: dict[int, SalesTask] = {}
+    if title:
+        due = p.now + dt.timedelta(days=node.due_days) if node.due_days is not None else None
+        rows = [SalesTask(contact_id=e.contact_id, owner_id=user_id, title=title, note=node.note, due_at=due,
+                          created_at=p.now, created_by=f"journey:{p.journey.slug}", journey_slug=p.journey.slug,
+                          journey_name=p.journey.name[:200], journey_step=node.id, dedupe_key=dedupe_key(e, node.id))
+                for e, user_id in telling]
+        made = tasks_create(workspace_id=workspace_id, tasks=rows)
+        tasks = {e.pk: task for (e, _), task in zip(telling, made)}
+    items = []
+    for e, user_id in telling:
+        extra = _journey_context(p, node, title)
+        task = tasks.get(e.pk)
+        if task is not None:
+            extra["sales_task"] = {"id": task.pk, "title": task.title,
+                                   "due_at": task.due_at.isoformat() if task.due_at else None}
+        items.append(AlertItem(user_id=user_id, contact=p.contacts[e.contact_id], extra=extra, task=task,
+                               assignment=open_by_contact.get(e.contact_id), dedupe_key=dedupe_key(e, node.id)))
+    alerts_write(workspace_id=workspace_id, items=items, now=p.now,
+                 kind=SalesAlert.Kind.TASK if title else SalesAlert.Kind.NOTE)
+    return {e.contact_id for e, _ in telling}

@@ -3,7 +3,9 @@
 A goal met is a conversion, credited to the journey and to the node the person had passed last
 (`last_node`); an exit rule met is a plain exit. Filter goals are checked for a whole batch in
 one query per filter: by the engine before anyone moves, and by the pipeline for the contacts an
-event batch touched. Event goals are matched as events arrive (`triggers.records_process`).
+event batch touched. Event goals are matched as events arrive (`triggers.records_process`). The
+pipeline's checks cover paused and archived journeys too: a goal met while a journey is paused
+ends the enrollment then, so the resume sends that person nothing.
 """
 
 from __future__ import annotations

@@ -133,6 +133,27 @@ class ScoreTrigger(_Strict):
     at_least: float
 
 
+GRADES = ("A", "B", "C", "D")  # the fit grades, best first (`leadflow.scoring.engine.grade_for`)
+
+
+class GradeTrigger(_Strict):
+    """Entered when the fit grade reaches `grade` or better, from a worse grade or from none yet
+    (with `exactly`: when it becomes `grade`, from any other)."""
+
+    grade: Literal["A", "B", "C", "D"]
+    exactly: bool = False
+
+    @field_validator("grade", mode="before")
+    @classmethod
+    def _upper(cls, value):
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @property
+    def grades(self) -> tuple[str, ...]:
+        """The grades that count as reached."""
+        return (self.grade,) if self.exactly else GRADES[:GRADES.index(self.grade) + 1]
+
+
 class StageTrigger(_Strict):
     stage_changed: Literal[True]
     to: list[Annotated[str, Field(min_length=1, max_length=32)]] = Field(default_factory=list)
@@ -154,8 +175,8 @@ class ManualTrigger(_Strict):
 
 TRIGGER_KINDS: dict[str, type[_Strict]] = {
     "event": EventTrigger, "segment_entered": SegmentEnteredTrigger, "segment_exited": SegmentExitedTrigger,
-    "form_submitted": FormSubmittedTrigger, "score": ScoreTrigger, "stage_changed": StageTrigger,
-    "date_trait": DateTrigger, "manual": ManualTrigger,
+    "form_submitted": FormSubmittedTrigger, "score": ScoreTrigger, "grade": GradeTrigger,
+    "stage_changed": StageTrigger, "date_trait": DateTrigger, "manual": ManualTrigger,
 }
 
 
@@ -418,13 +439,20 @@ class SalesAlertNode(_Next):
 
 
 class NotifyOwnerNode(_Next):
-    """Alert the person's owner (or `user` when set) without changing the assignment; a sales
-    task when `task` is set."""
+    """Alert the person's owner (or `user` when set) without changing the assignment; with `task`,
+    a sales task for them too, due `due_days` days later when set."""
 
     type: Literal["notify_owner"]
     note: str = Field(default="", max_length=500)
     task: str = Field(default="", max_length=200)
     user: str | None = Field(default=None, max_length=150)
+    due_days: Annotated[float, Field(ge=0, le=MAX_WAIT_DAYS)] | None = None
+
+    @model_validator(mode="after")
+    def _due_needs_task(self):
+        if self.due_days is not None and not self.task.strip():
+            raise ValueError("`due_days` is the due date of a task: set `task` too")
+        return self
 
 
 class AssignOwnerNode(_Next):

@@ -7,12 +7,13 @@ and a message. It runs on publish (`services.journey_publish`), from `leadflow j
 
 The graph checks need no database and are plain functions (`graph_lint`, `first_sends`,
 `trigger_keys`): nodes nobody can reach, loops without a wait, people trapped with no way to
-the end. The workspace checks look up, one query per kind, everything a definition names:
-templates (known, approved, with a subscription topic), topics, sending servers, streams, webhook
-endpoints, static lists, segments, forms, journeys, users and lifecycle stages; waits for an
-event nobody has ever sent or a date trait no contact has; other live journeys that start on the
-same trigger and may email the same person the same day; and a live journey nobody entered for
-90 days. docs/journeys-as-code.md lists every code.
+the end, a grade trigger every grade meets. The workspace checks look up, one query per kind,
+everything a definition names: templates (known, approved, with a subscription topic), topics,
+sending servers, streams and their content (approved, with a topic), webhook endpoints, static
+lists, segments, forms, journeys, users and lifecycle stages; waits for an event nobody has ever
+sent or a date trait no contact has; other live journeys that start on the same trigger and may
+email the same person the same day; and a live journey nobody entered for 90 days.
+docs/journeys-as-code.md lists every code.
 """
 
 from __future__ import annotations
@@ -217,6 +218,14 @@ def graph_lint(definition: lang.Definition) -> list[Finding]:
                 f"{_cycle_text(component, graph, order)} has no way out and the journey has no goal or exit "
                 "rule. Add a branch that leaves the loop, or a goal."))
 
+    for i, trigger in enumerate(definition.triggers):
+        if isinstance(trigger, lang.GradeTrigger) and trigger.grade == lang.GRADES[-1] and not trigger.exactly:
+            findings.append(Finding(
+                WARNING, "grade_always_met", f"triggers[{i}]",
+                f"Every fit grade is {trigger.grade} or better, so this trigger enters people when they are first "
+                f"graded, whatever their fit. Use `exactly: true` to enter those whose grade drops to "
+                f"{trigger.grade}, or a better grade."))
+
     goal_events = {g.event: (key, g) for key in ("goals", "exit_when") for g in getattr(definition, key)
                    if g.event and not g.where}
     for i, node in enumerate(definition.nodes):
@@ -285,6 +294,9 @@ def trigger_keys(definition: lang.Definition) -> dict[tuple, str]:
             keys[("date", trigger.date_trait, trigger.offset_days)] = f"the date in '{trigger.date_trait}'"
         elif isinstance(trigger, lang.ScoreTrigger):
             keys[("score", trigger.score, trigger.at_least)] = f"{trigger.score} reaching {trigger.at_least:g}"
+        elif isinstance(trigger, lang.GradeTrigger):
+            verb = "becoming" if trigger.exactly else "reaching"
+            keys[("grade", trigger.grade, trigger.exactly)] = f"the fit grade {verb} {trigger.grade}"
     return keys
 
 
@@ -393,14 +405,22 @@ def _templates(workspace_id: int, definition: lang.Definition) -> list[Finding]:
 
 
 def _streams(workspace_id: int, definition: lang.Definition) -> list[Finding]:
+    """Streams that do not exist or are empty, and stream content that would be skipped or
+    could only be unsubscribed from all marketing: items whose template has no approved
+    version (or is archived) and marketing items without a topic (the node's, else the
+    template's). One query for the streams, one for their items with their templates."""
     from leadflow.journeys.models import Stream, StreamItem
+    from leadflow.messaging.outbox import SENDABLE
 
     streams = _nodes_of(definition, lang.StreamNode)
     slugs = {p.stream for _, n in streams for p in n.pools}
     if not slugs:
         return []
     known = dict(Stream.objects.filter(workspace_id=workspace_id, slug__in=slugs).values_list("slug", "pk"))
-    filled = set(StreamItem.objects.filter(stream_id__in=known.values()).values_list("stream__slug", flat=True))
+    items: dict[str, list] = defaultdict(list)
+    for item in (StreamItem.objects.filter(stream_id__in=known.values())
+                 .select_related("stream", "template__approved_version").order_by("position", "pk")):
+        items[item.stream.slug].append(item)
     findings = []
     for i, node in streams:
         for k, pool in enumerate(node.pools):
@@ -409,10 +429,27 @@ def _streams(workspace_id: int, definition: lang.Definition) -> list[Finding]:
                 findings.append(Finding(ERROR, "unknown_stream", path,
                                         f"{_label(node)} draws from the stream '{pool.stream}', which does not "
                                         "exist."))
-            elif pool.stream not in filled:
+                continue
+            if not items[pool.stream]:
                 findings.append(Finding(WARNING, "stream_empty", path,
                                         f"The stream '{pool.stream}' has no content yet: people reaching "
                                         f"{_label(node)} get nothing until some is added."))
+            for item in items[pool.stream]:
+                template = item.template
+                what = (f"Item {item.position} of the stream '{pool.stream}' ('{template.slug}'"
+                        + (f", for the role '{item.role}'" if item.role else "") + ")")
+                version = template.approved_version
+                if template.archived_at is not None or version is None or version.status not in SENDABLE:
+                    why = "is archived" if template.archived_at is not None else "has no approved version"
+                    findings.append(Finding(WARNING, "stream_item_not_approved", path,
+                                            f"{what} {why}: {_label(node)} skips it and sends the next piece "
+                                            "instead. Get a version approved, or take it out of the stream."))
+                elif template.kind == "marketing" and not (node.topic if node.topic is not None
+                                                            else template.topic or "").strip():
+                    findings.append(Finding(WARNING, "stream_item_missing_topic", path,
+                                            f"{what} has no subscription topic, and neither has {_label(node)}: "
+                                            "people can only unsubscribe from all marketing email. Set a `topic` "
+                                            "on the stream step or the template."))
     return findings
 
 

@@ -167,8 +167,9 @@ class EnrollmentStep(models.Model):
 
 
 class TriggerState(models.Model):
-    """Which contacts are above a journey's score threshold, so that only a crossing (from below
-    to at or above) enters them, not every batch they stay above it."""
+    """Which contacts meet a journey's score or grade threshold (`key`, e.g. `engagement_score>=40`,
+    `fit_grade>=B`), so that only a crossing (from not meeting it to meeting it) enters them, not
+    every batch they stay above it (`leadflow.journeys.triggers`)."""
 
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
     journey = models.ForeignKey(Journey, on_delete=models.CASCADE, related_name="+")

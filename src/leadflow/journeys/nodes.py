@@ -351,6 +351,13 @@ def score(p: Pass, node: lang.ScoreNode, enrollments: list[Enrollment]) -> None:
         c.updated_at = p.now
     rows_update(Contact, contacts, ["engagement_score", "updated_at"])
     _segments_follow(p, contacts)
+    if contacts:
+        # Score triggers of live journeys, once this pass's enrollments are written (so the
+        # re-entry policy reads where everyone of the pass now stands).
+        from leadflow.journeys.triggers import thresholds_follow
+
+        workspace_id, ids, now = p.journey.workspace_id, [c.pk for c in contacts], p.now
+        p.after.append(lambda: thresholds_follow(workspace_id=workspace_id, contact_ids=ids, now=now))
     for e in enrollments:
         p.go(e, node.next, points=node.points)
 

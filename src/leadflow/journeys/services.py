@@ -4,9 +4,10 @@ archive, enroll and remove people by hand.
 Versions are immutable. Publishing makes a version the one new people enter; people already in
 finish on the version they entered, unless the version maps old nodes to new ones (`migrate`):
 then those waiting at a mapped node move to the new version at the mapped node, keeping their
-timer. Pausing holds everyone in place (the engine skips paused journeys; nobody enters);
-resuming lets them go on from the rows, so whatever fell due meanwhile happens once; archiving
-lets no one in and lets those inside finish (drains).
+timer. Pausing holds everyone in place (the engine skips paused journeys; nobody enters; goals
+and exit rules still take people out as they are met); resuming lets them go on from the rows, so
+whatever fell due meanwhile happens once; archiving lets no one in and lets those inside finish
+(drains).
 """
 
 from __future__ import annotations
@@ -114,15 +115,34 @@ def journey_publish(*, journey: Journey, version: JourneyVersion, actor: str) ->
         moved = 0
         if previous is not None and version.migrate:
             moved = _migrate(journey, previous, version, now)
+        was_live = journey.status == JourneyStatus.LIVE
         journey.version = version
         if journey.status == JourneyStatus.DRAFT:
             journey.status = JourneyStatus.LIVE
+        if journey.status == JourneyStatus.LIVE:
+            before = version_definition(previous) if previous is not None and was_live else None
+            _thresholds_baseline(journey, definition, before, now)
         journey.updated_at = now
         journey.save(update_fields=["version", "status", "updated_at"])
         JourneyVersion.objects.filter(pk=version.pk).update(published_at=now)
         audit_record(workspace=journey.workspace, actor=actor, action="journey.publish",
                      target=f"journey:{journey.pk}", data={"version": version.number, "migrated": moved})
     return journey
+
+
+def _thresholds_baseline(journey: Journey, definition: lang.Definition, previous: lang.Definition | None,
+                         now: dt.datetime) -> None:
+    """Score and grade triggers enter people who cross the threshold while the journey is live:
+    record who is already above when it goes live (`previous` None) or when a version adds a
+    threshold the live one did not have, so that they are not taken for crossings."""
+    from leadflow.journeys.triggers import thresholds_baseline, thresholds_of
+
+    keys = None
+    if previous is not None:
+        keys = {t.key for t in thresholds_of(definition)} - {t.key for t in thresholds_of(previous)}
+        if not keys:
+            return
+    thresholds_baseline(journey=journey, definition=definition, now=now, keys=keys)
 
 
 def _migrate(journey: Journey, previous: JourneyVersion, version: JourneyVersion, now: dt.datetime) -> int:
@@ -166,6 +186,10 @@ def journey_status_set(*, journey: Journey, status: str, actor: str, reason: str
         if journey.status not in allowed[status]:
             raise ServiceError(f"a {journey.status} journey cannot be made {status}"
                                + ("; publish a version first" if journey.status == JourneyStatus.DRAFT else ""))
+        if status == JourneyStatus.LIVE and journey.version is not None:
+            # Nobody entered while it was paused or archived: who crossed a threshold meanwhile
+            # is recorded as above, not entered now.
+            _thresholds_baseline(journey, version_definition(journey.version), None, now)
         journey.status = status
         journey.paused_reason = reason[:500] if status == JourneyStatus.PAUSED else ""
         journey.paused_at = now if status == JourneyStatus.PAUSED else None

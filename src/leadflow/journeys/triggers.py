@@ -10,10 +10,19 @@ Events reach journeys two ways, both inside the transaction that records them:
   once the engine's pass has written its enrollments.
 
 For each event: waiting enrollments whose `wait_for_event` it matches are woken; event goals and
-exit rules take people out; triggers enter people (entry filter and re-entry policy applied, one
-query each per journey); then filter goals are checked for the contacts touched. Entry is
-idempotent: an enrollment's `entry_key` says what let it in (the event id, `once`, the period),
-and a unique constraint makes a redone batch enter nobody twice.
+exit rules take people out, of live journeys and of paused and archived (draining) ones alike;
+triggers enter people into live journeys (entry filter and re-entry policy applied, one query each
+per journey); then filter goals are checked for the contacts touched, again in every journey
+people may be in. Entry is idempotent: an enrollment's `entry_key` says what let it in (the event
+id, `once`, the period), and a unique constraint makes a redone batch enter nobody twice.
+
+Score and grade triggers enter people when a value crosses into the threshold. `TriggerState`
+records, per journey, who meets it; three places compare it with the contacts' columns, each with
+two set-based statements per threshold: the event batch (for its contacts), a journey's `score`
+step (for its group, once the pass is written) and a periodic pass (`thresholds_run`, for the
+whole workspace: score decay, rescoring after a rule or grade threshold changed, the predictive
+model, replays). When a journey goes live or resumes, who already meets a threshold is recorded
+without entering anyone (`thresholds_baseline`): only crossings from then on enter.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import datetime as dt
 import math
 from collections import defaultdict
 
-from django.db.models import Q
+from django.db import connection
 
 from leadflow.contacts.models import Contact
 from leadflow.core import clock
@@ -56,10 +65,15 @@ class Live:
     definition: lang.Definition
 
 
-def live_journeys(workspace_id: int) -> list[Live]:
-    """The workspace's live journeys with their published definitions (one query)."""
+# Journeys people may be in: live ones, paused ones (held in place) and archived ones (draining).
+WITH_PEOPLE = (JourneyStatus.LIVE, JourneyStatus.PAUSED, JourneyStatus.ARCHIVED)
+
+
+def live_journeys(workspace_id: int, *, statuses=(JourneyStatus.LIVE,)) -> list[Live]:
+    """The workspace's journeys in `statuses` (live ones by default) with their published
+    definitions (one query)."""
     return [Live(j, version_definition(j.version)) for j in
-            Journey.objects.filter(workspace_id=workspace_id, status=JourneyStatus.LIVE, version__isnull=False)
+            Journey.objects.filter(workspace_id=workspace_id, status__in=list(statuses), version__isnull=False)
             .select_related("version").order_by("pk")]
 
 
@@ -163,7 +177,10 @@ def enroll_by_journey(*, workspace_id: int, slug: str, entries: list[tuple[Conta
     not live takes nobody and says so."""
     journey = journey_by_slug(workspace_id, slug)
     if journey.status != JourneyStatus.LIVE or journey.version is None:
-        raise ServiceError(f"journey {slug!r} is {journey.status}: only a live journey takes people in")
+        why = {JourneyStatus.ARCHIVED: " (it is draining: the people in it finish, nobody new enters)",
+               JourneyStatus.PAUSED: " (resume it first)", JourneyStatus.DRAFT: " (publish it first)"}
+        raise ServiceError(f"journey {slug!r} is {journey.status}: only a live journey takes people in"
+                           + why.get(journey.status, ""))
     return enroll(journey=journey, definition=version_definition(journey.version), entries=entries, now=now,
                   check_entry=check_entry)
 
@@ -236,23 +253,27 @@ def system_events_seen(*, workspace_id: int, appended: list[tuple[int, int, str,
 
 
 def records_process(*, workspace_id: int, records: list[Record], now: dt.datetime, scores: bool = False) -> None:
-    journeys = live_journeys(workspace_id)
+    """Wake the waiting, apply goals and exit rules in every journey people are in (live, paused
+    or draining: a person who converts while a journey is paused leaves it then, not at the
+    resume), and enter people into live journeys (`scores`: score and grade crossings too)."""
+    journeys = live_journeys(workspace_id, statuses=WITH_PEOPLE)
     contact_ids = sorted({r.contact_id for r in records})
     _wake(workspace_id, records, now)
     if not journeys:
         return
     _event_goals(journeys, records, now)
-    for live in journeys:
+    live = [j for j in journeys if j.journey.status == JourneyStatus.LIVE]
+    for journey in live:
         entries = []
         for r in records:
-            if any(trigger_matches(t, r, now) for t in live.definition.triggers):
+            if any(trigger_matches(t, r, now) for t in journey.definition.triggers):
                 entries.append((r.contact_id, f"e{r.id}", {"event": {"name": r.name, "properties": r.properties}}))
         if entries:
             contacts = Contact.objects.in_bulk({c for c, _, _ in entries})
-            enroll(journey=live.journey, definition=live.definition, now=now,
+            enroll(journey=journey.journey, definition=journey.definition, now=now,
                    entries=[(contacts[c], key, ctx) for c, key, ctx in entries if c in contacts])
     if scores:
-        _score_crossings(journeys, contact_ids, now)
+        thresholds_cross(live, contact_ids=contact_ids, now=now)
     _filter_goals(journeys, contact_ids, now)
 
 
@@ -341,30 +362,134 @@ def _filter_goals(journeys: list[Live], contact_ids: list[int], now: dt.datetime
                                   detail={"goal": name}, credit_last=True)
 
 
-def _score_crossings(journeys: list[Live], contact_ids: list[int], now: dt.datetime) -> None:
-    """Score triggers: enter the contacts that crossed from below the threshold to at or above."""
+# --- score and grade crossings ---------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Threshold:
+    """A score or grade trigger as a condition on the contact row. `TriggerState` keeps, per
+    journey and `key`, the contacts for whom it holds, so that only a crossing enters them."""
+
+    key: str
+    column: str  # the contacts' column it reads (a fixed name, never user text)
+    sql: str  # the condition on `c`, the contacts table, with %s placeholders
+    params: tuple
+    context: str  # what an enrollment's data calls the value that let the person in
+
+
+def threshold_of(trigger) -> Threshold | None:
+    if isinstance(trigger, lang.ScoreTrigger):
+        return Threshold(f"{trigger.score}>={trigger.at_least:g}", trigger.score, f"c.{trigger.score} >= %s",
+                         (trigger.at_least,), "score")
+    if isinstance(trigger, lang.GradeTrigger):
+        grades = trigger.grades
+        return Threshold(f"fit_grade{'=' if trigger.exactly else '>='}{trigger.grade}", "fit_grade",
+                         f"c.fit_grade IN ({', '.join(['%s'] * len(grades))})", grades, "grade")
+    return None
+
+
+def thresholds_of(definition: lang.Definition) -> list[Threshold]:
+    found = {}
+    for trigger in definition.triggers:
+        threshold = threshold_of(trigger)
+        if threshold is not None:
+            found.setdefault(threshold.key, threshold)
+    return list(found.values())
+
+
+CHUNK = 900  # contact ids per statement (SQLite's parameter limit)
+
+
+def _among(column: str, chunk: list[int] | None) -> str:
+    return "" if chunk is None else f" AND {column} IN ({', '.join(['%s'] * len(chunk))})"
+
+
+def _state_sync(journey: Journey, threshold: Threshold, *, now: dt.datetime,
+                contact_ids: list[int] | None) -> list[int]:
+    """Bring the journey's record of who meets `threshold` up to date for `contact_ids` (None:
+    the whole workspace) in two statements per chunk: forget those who no longer meet it (so a
+    later rise is a crossing again) and record those who newly do. Returns the latter: the
+    contacts whose row this call inserted (`ON CONFLICT DO NOTHING RETURNING`), so two workers
+    meeting the same crossing enter the person once."""
+    ops = connection.ops
+    states, contacts = ops.quote_name(TriggerState._meta.db_table), ops.quote_name(Contact._meta.db_table)
+    at, key = ops.adapt_datetimefield_value(now), ops.quote_name("key")
+    chunks = [None] if contact_ids is None else [contact_ids[i:i + CHUNK] for i in range(0, len(contact_ids), CHUNK)]
+    crossed: list[int] = []
+    with connection.cursor() as cursor:
+        for chunk in chunks:
+            ids = () if chunk is None else tuple(chunk)
+            cursor.execute(
+                f"DELETE FROM {states} WHERE journey_id = %s AND {key} = %s{_among(f'{states}.contact_id', chunk)} "
+                f"AND NOT EXISTS (SELECT 1 FROM {contacts} c WHERE c.id = {states}.contact_id AND {threshold.sql})",
+                (journey.pk, threshold.key, *ids, *threshold.params))
+            cursor.execute(
+                f"INSERT INTO {states} (workspace_id, journey_id, contact_id, {key}, {ops.quote_name('at')}) "
+                f"SELECT %s, %s, c.id, %s, %s FROM {contacts} c WHERE c.workspace_id = %s{_among('c.id', chunk)} "
+                f"AND {threshold.sql} AND NOT EXISTS (SELECT 1 FROM {states} s WHERE s.journey_id = %s "
+                f"AND s.{key} = %s AND s.contact_id = c.id) "
+                f"ON CONFLICT (journey_id, contact_id, {key}) DO NOTHING RETURNING contact_id",
+                (journey.workspace_id, journey.pk, threshold.key, at, journey.workspace_id, *ids, *threshold.params,
+                 journey.pk, threshold.key))
+            crossed += [row[0] for row in cursor.fetchall()]
+    return sorted(crossed)
+
+
+def _cross_one(live: Live, threshold: Threshold, *, now: dt.datetime, contact_ids: list[int] | None) -> int:
+    """Enter the contacts that crossed `threshold` of a live journey; returns how many entered."""
+    crossed = _state_sync(live.journey, threshold, now=now, contact_ids=contact_ids)
+    stamp = now.strftime("%Y%m%d%H%M%S%f")
+    entered = 0
+    for start in range(0, len(crossed), 1000):  # a rule change may move a whole workspace at once
+        contacts = Contact.objects.in_bulk(crossed[start:start + 1000])
+        entered += len(enroll(journey=live.journey, definition=live.definition, now=now, entries=[
+            (c, f"s{stamp}", {threshold.context: {threshold.column: getattr(c, threshold.column)}})
+            for c in contacts.values()]))
+    return entered
+
+
+def thresholds_cross(journeys: list[Live], *, contact_ids: list[int] | None, now: dt.datetime) -> int:
+    """Score and grade triggers: enter the contacts (of `contact_ids`, or everyone in the
+    journeys' workspace for None) who crossed from not meeting a live journey's threshold to
+    meeting it. Returns how many entered."""
+    if contact_ids is not None and not contact_ids:
+        return 0
+    entered = 0
     for live in journeys:
-        for trigger in live.definition.triggers:
-            if not isinstance(trigger, lang.ScoreTrigger):
-                continue
-            key = f"{trigger.score}>={trigger.at_least:g}"
-            condition = Q(**{f"{trigger.score}__gte": trigger.at_least})
-            above = set(Contact.objects.filter(pk__in=contact_ids).filter(condition).values_list("pk", flat=True))
-            known = set(TriggerState.objects.filter(journey=live.journey, key=key, contact_id__in=contact_ids)
-                        .values_list("contact_id", flat=True))
-            TriggerState.objects.filter(journey=live.journey, key=key,
-                                        contact_id__in=[c for c in known if c not in above]).delete()
-            crossed = sorted(above - known)
-            if not crossed:
-                continue
-            TriggerState.objects.bulk_create([TriggerState(workspace_id=live.journey.workspace_id,
-                                                           journey=live.journey, contact_id=c, key=key, at=now)
-                                              for c in crossed], ignore_conflicts=True)
-            contacts = Contact.objects.in_bulk(crossed)
-            stamp = now.strftime("%Y%m%d%H%M%S%f")
-            enroll(journey=live.journey, definition=live.definition, now=now,
-                   entries=[(contacts[c], f"s{stamp}", {"score": {trigger.score: getattr(contacts[c], trigger.score)}})
-                            for c in crossed])
+        for threshold in thresholds_of(live.definition):
+            entered += _cross_one(live, threshold, now=now, contact_ids=contact_ids)
+    return entered
+
+
+def thresholds_follow(*, workspace_id: int, contact_ids: list[int], now: dt.datetime) -> int:
+    """After scores changed outside an event batch for a few contacts (a journey's score step),
+    enter those who crossed a live journey's threshold."""
+    journeys = [j for j in live_journeys(workspace_id) if thresholds_of(j.definition)]
+    return thresholds_cross(journeys, contact_ids=sorted(set(contact_ids)), now=now) if journeys else 0
+
+
+def thresholds_run(*, now: dt.datetime, workspace_ids: list[int] | None = None) -> int:
+    """The periodic pass: crossings caused by whatever changes scores in bulk without an event
+    (the hourly score decay, a scoring rule or grade threshold edited, the predictive model
+    trained, a replay, a manual edit), found over each workspace with set-based statements."""
+    query = Journey.objects.filter(status=JourneyStatus.LIVE, version__isnull=False).select_related("version")
+    if workspace_ids is not None:
+        query = query.filter(workspace_id__in=workspace_ids)
+    entered = 0
+    for journey in query.order_by("pk"):
+        live = Live(journey, version_definition(journey.version))
+        if thresholds_of(live.definition):
+            entered += thresholds_cross([live], contact_ids=None, now=now)
+    return entered
+
+
+def thresholds_baseline(*, journey: Journey, definition: lang.Definition, now: dt.datetime,
+                        keys: set[str] | None = None) -> None:
+    """Record who meets the journey's thresholds now without entering anyone (all of them, or
+    those in `keys`): when a journey goes live or resumes, or a version adds a threshold, only
+    people who cross from then on enter, not everyone who was already above."""
+    for threshold in thresholds_of(definition):
+        if keys is None or threshold.key in keys:
+            _state_sync(journey, threshold, now=now, contact_ids=None)
 
 
 # --- dates ------------------------------------------------------------------------------------------

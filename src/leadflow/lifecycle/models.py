@@ -1,4 +1,4 @@
-"""Lifecycle stages and their history, routing, sales assignments, alerts and the email outbox."""
+"""Lifecycle stages and their history, routing, sales assignments, tasks, alerts and the email outbox."""
 
 from __future__ import annotations
 
@@ -202,12 +202,59 @@ class Assignment(models.Model):
         return self.status in OPEN_STATUSES
 
 
+class SalesTask(models.Model):
+    """A to-do for one salesperson about one contact (call them, send the proposal): made by a
+    journey step or by hand, open until someone marks it done. `dedupe_key` (a journey step's
+    enrollment, node and step count) makes a redone step find its task instead of adding one."""
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="sales_tasks")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL,
+                              related_name="sales_tasks")
+    title = models.CharField(max_length=200)
+    note = models.TextField(blank=True, default="")
+    due_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=clock.now)
+    created_by = models.CharField(max_length=200, help_text="journey:SLUG, user:ID, key:PREFIX")
+    journey_slug = models.CharField(max_length=100, blank=True, default="", help_text="the journey that made it")
+    journey_name = models.CharField(max_length=200, blank=True, default="")
+    journey_step = models.CharField(max_length=100, blank=True, default="", help_text="the node id in that journey")
+    done_at = models.DateTimeField(null=True, blank=True)
+    done_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="+")
+    dedupe_key = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "dedupe_key"], name="salestask_once_per_key",
+                                    condition=~models.Q(dedupe_key="")),
+            models.CheckConstraint(condition=models.Q(done_at__isnull=False) | models.Q(done_by__isnull=True),
+                                   name="salestask_done_by_needs_done_at"),
+            models.CheckConstraint(condition=~models.Q(title=""), name="salestask_has_title"),
+        ]
+        indexes = [
+            models.Index(fields=["workspace", "owner", "done_at", "due_at"], name="salestask_inbox"),
+            models.Index(fields=["contact", "done_at"], name="salestask_contact"),
+        ]
+
+    @property
+    def is_done(self) -> bool:
+        return self.done_at is not None
+
+    @property
+    def overdue(self) -> bool:
+        """Open and past its due time (by the injected clock)."""
+        return self.done_at is None and self.due_at is not None and self.due_at < clock.now()
+
+
 class SalesAlert(models.Model):
     """An in-app item for a salesperson, with a snapshot of what made the lead hot."""
 
     class Kind(models.TextChoices):
         NEW_LEAD = "new_lead", "New lead"
         ESCALATION = "escalation", "Escalation"
+        TASK = "task", "New task"
+        NOTE = "journey_note", "Note from a journey"
 
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sales_alerts")
@@ -217,9 +264,16 @@ class SalesAlert(models.Model):
     created_at = models.DateTimeField(default=clock.now)
     read_at = models.DateTimeField(null=True, blank=True)
     context = models.JSONField(default=dict, blank=True)
+    task = models.ForeignKey(SalesTask, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts")
+    dedupe_key = models.CharField(max_length=255, blank=True, default="",
+                                  help_text="a journey step's key: a redone step makes no second alert")
 
     class Meta:
         indexes = [models.Index(fields=["workspace", "user", "read_at"], name="salesalert_inbox")]
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "dedupe_key"], name="salesalert_once_per_key",
+                                    condition=~models.Q(dedupe_key="")),
+        ]
 
 
 class NotificationStatus(models.TextChoices):

@@ -1,4 +1,4 @@
-"""Reads for the sales inbox, the manager view, stage history, alerts, reps and routing rules."""
+"""Reads for the sales inbox, the manager view, tasks, stage history, alerts, reps and routing rules."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from django.contrib.auth import get_user_model
-from django.db.models import Count, QuerySet
+from django.db.models import Count, F, QuerySet
 
 from leadflow.contacts.models import Contact
 from leadflow.core import clock
 from leadflow.core.models import Membership, Role, Workspace
 from leadflow.lifecycle.models import (
-    MQL, OPEN_STATUSES, Assignment, AssignmentStatus, RoutingRule, SalesAlert, SalesRep, StageChange,
+    MQL, OPEN_STATUSES, Assignment, AssignmentStatus, RoutingRule, SalesAlert, SalesRep, SalesTask, StageChange,
 )
 
 
@@ -127,6 +127,36 @@ def sales_alerts(*, workspace: Workspace, user, unread_only: bool = False) -> Qu
     if unread_only:
         qs = qs.filter(read_at__isnull=True)
     return qs.order_by("-created_at", "-pk")
+
+
+TASK_STATUSES = ("open", "done", "all")
+
+
+def sales_tasks(*, workspace: Workspace, owner_ids: list[int] | None = None, contact_id: int | None = None,
+                status: str = "open", limit: int = 500) -> list[SalesTask]:
+    """Tasks of the workspace (of some owners, of one contact). `status` "open" (default: the
+    earliest due first, those without a due date last), "done" (the latest done first) or "all"
+    (open ones first). Each task knows whether it is `overdue`."""
+    if status not in TASK_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(TASK_STATUSES)}")
+    qs = SalesTask.objects.filter(workspace=workspace).select_related("contact__company", "owner", "done_by")
+    if owner_ids is not None:
+        qs = qs.filter(owner_id__in=owner_ids)
+    if contact_id is not None:
+        qs = qs.filter(contact_id=contact_id)
+    open_first = [F("due_at").asc(nulls_last=True), "created_at", "pk"]
+    if status == "open":
+        qs = qs.filter(done_at__isnull=True).order_by(*open_first)
+    elif status == "done":
+        qs = qs.filter(done_at__isnull=False).order_by("-done_at", "-pk")
+    else:
+        qs = qs.order_by(F("done_at").desc(nulls_first=True), *open_first)
+    return list(qs[:limit])
+
+
+def task_get(*, workspace: Workspace, task_id: int) -> SalesTask | None:
+    return (SalesTask.objects.filter(workspace=workspace, pk=task_id).select_related("contact", "owner", "done_by")
+            .first())
 
 
 def sales_reps(*, workspace: Workspace) -> list[dict]:

@@ -1,9 +1,9 @@
-"""Writes of the lifecycle: stage transitions, routing, alerts, sales actions, settings.
+"""Writes of the lifecycle: stage transitions, routing, alerts, sales actions, tasks, settings.
 
 Every stage change goes through `transitions_apply`: a StageChange row, the contact's
 `lifecycle_stage`/`stage_changed_at`, and a `Lifecycle Stage Changed` event in the log, all in
-the caller's transaction. Sales actions take the acting user and check that they are the owner,
-the owner's manager or a workspace admin (docs/lifecycle.md).
+the caller's transaction. Sales actions (tasks too) take the acting user and check that they are
+the owner, the owner's manager or a workspace admin (docs/lifecycle.md).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
@@ -28,7 +28,7 @@ from leadflow.lifecycle import rules
 from leadflow.lifecycle.models import (
     CUSTOMER, DISQUALIFIED, OPEN_STATUSES, OPPORTUNITY, RECYCLED, SAL, SQL, Assignment,
     AssignmentStatus, BreachAction, LifecycleSettings, Notification, QuietMark, RoutingRule,
-    SalesAlert, SalesRep, StageChange,
+    SalesAlert, SalesRep, SalesTask, StageChange,
 )
 
 log = logging.getLogger(__name__)
@@ -295,8 +295,10 @@ class Router:
 
 
 def leads_route(*, workspace_id: int, leads: list[tuple[Contact, str]], now: dt.datetime,
-                router: Router | None = None) -> list[Assignment]:
-    """Assign each new MQL (contact, why it qualified) an owner and alert them.
+                router: Router | None = None, alert_extra: dict[int, dict] | None = None,
+                alert_keys: dict[int, str] | None = None) -> list[Assignment]:
+    """Assign each new MQL (contact, why it qualified) an owner and alert them (`alert_extra`
+    and `alert_keys` by contact id: see `alerts_create`).
 
     Contacts that already have an open assignment keep it; contacts nobody can take stay MQL
     without an owner and are tried again by every timers pass.
@@ -323,7 +325,8 @@ def leads_route(*, workspace_id: int, leads: list[tuple[Contact, str]], now: dt.
                                   previous=previous.get(contact.pk)))
     if made:
         rows_update(Contact, [a.contact for a in made], ["owner"])
-        alerts_create(workspace_id=workspace_id, assignments=made, now=now, kind=SalesAlert.Kind.NEW_LEAD)
+        alerts_create(workspace_id=workspace_id, assignments=made, now=now, kind=SalesAlert.Kind.NEW_LEAD,
+                      extra=alert_extra, keys=alert_keys)
         for a in made:
             audit_record(workspace=Workspace(pk=workspace_id), actor="system:routing", action="lead.assign",
                          target=f"contact:{a.contact_id}",
@@ -420,30 +423,68 @@ def _json_safe(value):
     return str(value)
 
 
+@dataclass
+class AlertItem:
+    """One alert to write: who is told, about whom, on which assignment (if any), with what added
+    to the snapshot (`extra`: a journey's note, a task), and a dedupe key for steps that may be
+    redone (a journey's `enrollment:node:step`)."""
+
+    user_id: int
+    contact: Contact
+    assignment: Assignment | None = None
+    extra: dict = field(default_factory=dict)
+    task: SalesTask | None = None
+    dedupe_key: str = ""
+
+
 def alerts_create(*, workspace_id: int, assignments: list[Assignment], now: dt.datetime, kind: str,
-                  recipients: dict[int, int] | None = None) -> list[SalesAlert]:
+                  recipients: dict[int, int] | None = None, extra: dict[int, dict] | None = None,
+                  keys: dict[int, str] | None = None) -> list[SalesAlert]:
     """An in-app alert and an outbox email per assignment, to its owner (or to `recipients`
-    [assignment id → user id], e.g. a manager on escalation)."""
+    [assignment id → user id], e.g. a manager on escalation). `extra` [contact id → dict] is added
+    to the snapshot before the email is written; `keys` [contact id → dedupe key] skip the
+    assignments already alerted under that key."""
+    recipients, extra, keys = recipients or {}, extra or {}, keys or {}
+    items = []
+    for a in assignments:
+        user_id = recipients.get(a.pk, a.owner_id)
+        if user_id:
+            items.append(AlertItem(user_id=user_id, contact=a.contact, assignment=a,
+                                   extra=extra.get(a.contact_id, {}), dedupe_key=keys.get(a.contact_id, "")))
+    return alerts_write(workspace_id=workspace_id, items=items, now=now, kind=kind)
+
+
+def alerts_write(*, workspace_id: int, items: list[AlertItem], now: dt.datetime, kind: str) -> list[SalesAlert]:
+    """Write the alerts and queue their emails (one insert each, whatever the number), with the
+    full snapshot and every `extra` already in it, so the email says what the in-app alert says.
+    Items whose dedupe key is already taken are skipped (one query for all of them)."""
     User = get_user_model()
-    recipients = recipients or {}
-    to_user = {a.pk: recipients.get(a.pk, a.owner_id) for a in assignments}
-    users = User.objects.in_bulk({u for u in to_user.values() if u})
-    contacts = {a.contact_id: a.contact for a in assignments}
+    wanted = [i.dedupe_key for i in items if i.dedupe_key]
+    if wanted:
+        taken = set(SalesAlert.objects.filter(workspace_id=workspace_id, dedupe_key__in=wanted)
+                    .values_list("dedupe_key", flat=True))
+        items = [i for i in items if not i.dedupe_key or i.dedupe_key not in taken]
+    if not items:
+        return []
+    users = User.objects.in_bulk({i.user_id for i in items})
+    contacts = {i.contact.pk: i.contact for i in items}
     if any(c.company_id and "company" not in c._state.fields_cache for c in contacts.values()):
         fresh = Contact.objects.select_related("company").in_bulk(list(contacts))
         contacts = {pk: fresh.get(pk, c) for pk, c in contacts.items()}
     contexts = alert_contexts(workspace_id=workspace_id, contacts=list(contacts.values()))
     alerts = []
-    for a in assignments:
-        user_id = to_user[a.pk]
-        if not user_id:
-            continue
-        context = {**contexts[a.contact_id], "assignment": {
-            "id": a.pk, "status": a.status, "via": a.via, "reason": a.reason,
-            "accept_due_at": a.accept_due_at.isoformat() if a.accept_due_at else None,
-            "owner": a.owner_id}}
-        alerts.append(SalesAlert(workspace_id=workspace_id, user_id=user_id, contact_id=a.contact_id,
-                                 assignment=a, kind=kind, created_at=now, context=context))
+    for item in items:
+        context = dict(contexts[item.contact.pk])
+        a = item.assignment
+        if a is not None:
+            context["assignment"] = {
+                "id": a.pk, "status": a.status, "via": a.via, "reason": a.reason,
+                "accept_due_at": a.accept_due_at.isoformat() if a.accept_due_at else None,
+                "owner": a.owner_id}
+        context.update(item.extra)
+        alerts.append(SalesAlert(workspace_id=workspace_id, user_id=item.user_id, contact_id=item.contact.pk,
+                                 assignment=a, task=item.task, kind=kind, created_at=now, context=context,
+                                 dedupe_key=item.dedupe_key))
     SalesAlert.objects.bulk_create(alerts)
     mails = []
     for alert in alerts:
@@ -458,24 +499,45 @@ def alerts_create(*, workspace_id: int, assignments: list[Assignment], now: dt.d
     return alerts
 
 
+def _utc_text(iso: str) -> str:
+    return f"{iso[:16].replace('T', ' ')} UTC"
+
+
 def alert_email_render(*, alert: SalesAlert, contact: Contact) -> tuple[str, str, str]:
     """Subject, text and HTML of the email about an alert. Plain Django escaping; no marketer
     content goes in, so no template sandbox is needed."""
     from django.utils.html import escape
 
     ctx = alert.context
+    assignment = ctx.get("assignment") or {}
+    journey = ctx.get("journey") or {}
+    task = ctx.get("sales_task") or {}
     who = contact.name or contact.email or f"contact {contact.pk}"
     company = ctx["contact"].get("company")
     label = f"{who} ({company})" if company else who
     if alert.kind == SalesAlert.Kind.ESCALATION:
         subject = f"Escalated: {label} was not accepted in time"
+    elif task:
+        subject = f"New task: {task['title']} ({label})"
+    elif alert.kind == SalesAlert.Kind.NOTE:
+        subject = f"About {label}: a note from journey {journey.get('name') or journey.get('slug', '')}"
     else:
         subject = f"New lead for you: {label}"
+    lines = [subject, ""]
+    if task:
+        lines.append(f"Task: {task['title']}")
+        lines.append(f"Due: {_utc_text(task['due_at'])}" if task.get("due_at") else "Due: no due date")
+    if journey:
+        step = ctx.get("journey_step")
+        lines.append(f"From journey: {journey.get('name') or journey.get('slug')}"
+                     + (f", step {step}" if step else ""))
+        if journey.get("note"):
+            lines.append(f"Note: {journey['note']}")
+    if assignment:
+        lines.append(f"Why now: {assignment.get('reason') or 'qualified'}")
     score = ctx["score"]
-    lines = [subject, "",
-             f"Why now: {ctx['assignment'].get('reason') or 'qualified'}",
-             f"Fit {score['fit_score']} (grade {score['fit_grade'] or '-'}), engagement {score['engagement_score']}",
-             f"Source: {ctx['source'].get('channel') or 'unknown'}"]
+    lines += [f"Fit {score['fit_score']} (grade {score['fit_grade'] or '-'}), engagement {score['engagement_score']}",
+              f"Source: {ctx['source'].get('channel') or 'unknown'}"]
     if contact.email:
         lines.append(f"Email: {contact.email}")
     if contact.title:
@@ -488,12 +550,12 @@ def alert_email_render(*, alert: SalesAlert, contact: Contact) -> tuple[str, str
         lines += ["", "Recent activity:"] + [
             f"- {e['at'][:16].replace('T', ' ')} {e['event'] or e['type']} {e.get('url', '')}".rstrip()
             for e in ctx["timeline"]]
-    due = ctx["assignment"].get("accept_due_at")
-    if due:
-        lines += ["", f"Please accept by {due[:16].replace('T', ' ')} UTC."]
+    due = assignment.get("accept_due_at")
+    if due and assignment.get("status") in (AssignmentStatus.ASSIGNED, AssignmentStatus.ESCALATED):
+        lines += ["", f"Please accept by {_utc_text(due)}."]
     base = getattr(django_settings, "PUBLIC_URL", "")
     if base:
-        lines.append(f"{base}/contacts/{contact.pk}/")
+        lines.append(f"{base}/sales/leads/{contact.pk}/" if task else f"{base}/contacts/{contact.pk}/")
     text = "\n".join(lines) + "\n"
     html = "<html><body>" + "".join(
         f"<p>{escape(line)}</p>" if line else "" for line in lines) + "</body></html>"
@@ -524,16 +586,22 @@ def _open_assignment(contact: Contact, *, lock: bool = True) -> Assignment:
 def actor_check(*, workspace_id: int, user, assignment: Assignment) -> str:
     """Who may act on a lead: its owner, the owner's manager, or a workspace admin; always a
     member with the sales or admin role. Returns the role."""
+    return owner_actor_check(workspace_id=workspace_id, user=user, owner_id=assignment.owner_id, what="lead")
+
+
+def owner_actor_check(*, workspace_id: int, user, owner_id: int | None, what: str) -> str:
+    """`user` may act for `owner_id`: they are that owner, the owner's manager or a workspace admin,
+    and a member with the sales or admin role. Returns the role."""
     role = Membership.objects.filter(workspace_id=workspace_id, user=user).values_list("role", flat=True).first()
     if role not in SALES_ROLES:
-        raise NotAllowed("only members with the sales or admin role can act on leads")
-    if role == Role.ADMIN or assignment.owner_id == user.pk:
+        raise NotAllowed(f"only members with the sales or admin role can act on {what}s")
+    if role == Role.ADMIN or (owner_id is not None and owner_id == user.pk):
         return role
-    manager = (SalesRep.objects.filter(workspace_id=workspace_id, user_id=assignment.owner_id)
-               .values_list("manager_id", flat=True).first())
+    manager = (SalesRep.objects.filter(workspace_id=workspace_id, user_id=owner_id)
+               .values_list("manager_id", flat=True).first()) if owner_id is not None else None
     if manager == user.pk:
         return role
-    raise NotAllowed("only the lead's owner, their manager or an admin can act on it")
+    raise NotAllowed(f"only the {what}'s owner, their manager or an admin can act on it")
 
 
 def _audit(contact: Contact, user, via: str, action: str, data: dict) -> None:
@@ -686,6 +754,97 @@ def lead_advance(*, contact: Contact, user, to_stage: str, reason: str = "", via
             Transition(contact, to_stage, reason or f"marked {to_stage} by sales", f"user:{user.pk}")])
         _audit(contact, user, via, f"lead.{to_stage}", {"assignment": assignment.pk})
     return change
+
+
+# --- tasks ------------------------------------------------------------------------------------
+
+class TaskConflict(ServiceError):
+    """The task is already in the state asked for (done, or open)."""
+
+
+def _task_title(title: str) -> str:
+    title = (title or "").strip()
+    if not title:
+        raise ServiceError("a task needs a title")
+    if len(title) > 200:
+        raise ServiceError("a task title is at most 200 characters")
+    return title
+
+
+def _aware(moment: dt.datetime | None) -> dt.datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=dt.timezone.utc)
+
+
+def tasks_create(*, workspace_id: int, tasks: list[SalesTask]) -> list[SalesTask]:
+    """Insert tasks (unsaved rows) in one go, in the caller's transaction, and return them in the
+    same order. A task whose `dedupe_key` is already taken is not added again: the stored one
+    comes back in its place (one query finds them all), so a redone journey step adds nothing."""
+    keys = [t.dedupe_key for t in tasks if t.dedupe_key]
+    stored = {t.dedupe_key: t for t in SalesTask.objects.filter(workspace_id=workspace_id, dedupe_key__in=keys)} \
+        if keys else {}
+    new = []
+    for t in tasks:
+        if t.dedupe_key and t.dedupe_key in stored:
+            continue
+        t.workspace_id = workspace_id
+        t.title = _task_title(t.title)
+        t.due_at = _aware(t.due_at)
+        new.append(t)
+    SalesTask.objects.bulk_create(new, batch_size=1000)
+    return [stored.get(t.dedupe_key, t) if t.dedupe_key else t for t in tasks]
+
+
+def task_create(*, contact: Contact, user, title: str, note: str = "", due_at: dt.datetime | None = None,
+                owner=None, via: str = "") -> SalesTask:
+    """A task by hand: for `user` themselves, or (`owner`) for a rep they manage (an admin: for
+    any member with the sales or admin role)."""
+    owner = owner or user
+    owner_actor_check(workspace_id=contact.workspace_id, user=user, owner_id=owner.pk, what="task")
+    if not Membership.objects.filter(workspace_id=contact.workspace_id, user=owner, role__in=SALES_ROLES).exists():
+        raise ServiceError(f"{owner.get_username()} is not a member with the sales or admin role")
+    now = clock.now()
+    with transaction.atomic():
+        (task,) = tasks_create(workspace_id=contact.workspace_id, tasks=[SalesTask(
+            contact=contact, owner=owner, title=title, note=note or "", due_at=due_at, created_at=now,
+            created_by=via or f"user:{user.pk}")])
+        _audit(contact, user, via, "task.create", {"task": task.pk, "owner": owner.pk, "title": task.title})
+    return task
+
+
+def _task_contact(task: SalesTask) -> Contact:
+    return Contact(pk=task.contact_id, workspace_id=task.workspace_id)  # what the audit entry names
+
+
+def _task_locked(task: SalesTask) -> SalesTask:
+    return SalesTask.objects.select_for_update().get(pk=task.pk, workspace_id=task.workspace_id)
+
+
+def task_complete(*, task: SalesTask, user, via: str = "") -> SalesTask:
+    """Mark a task done: its owner, their manager or an admin."""
+    with transaction.atomic():
+        task = _task_locked(task)
+        owner_actor_check(workspace_id=task.workspace_id, user=user, owner_id=task.owner_id, what="task")
+        if task.done_at is not None:
+            raise TaskConflict("the task is already done")
+        task.done_at, task.done_by = clock.now(), user
+        task.save(update_fields=["done_at", "done_by"])
+        _audit(_task_contact(task), user, via, "task.complete", {"task": task.pk, "title": task.title})
+    return task
+
+
+def task_reopen(*, task: SalesTask, user, via: str = "") -> SalesTask:
+    """Open a done task again (marked done by mistake)."""
+    with transaction.atomic():
+        task = _task_locked(task)
+        owner_actor_check(workspace_id=task.workspace_id, user=user, owner_id=task.owner_id, what="task")
+        if task.done_at is None:
+            raise TaskConflict("the task is not done")
+        task.done_at, task.done_by = None, None
+        task.save(update_fields=["done_at", "done_by"])
+        _audit(_task_contact(task), user, via, "task.reopen", {"task": task.pk, "title": task.title})
+    return task
 
 
 # --- reps and routing rules -------------------------------------------------------------------

@@ -40,6 +40,7 @@ class Param:
     placeholder: str = ""
     help: str = ""
     modes: tuple[str, ...] = ()  # for filters: the ways a condition may be given
+    choices: tuple[tuple[str, str], ...] = ()  # a fixed menu (value, label), when the page offers none
 
 
 NEXT = Param("next", "Then go to", "node", help="empty: the journey ends here")
@@ -94,6 +95,7 @@ NODE_PARAMS: dict[str, list[Param]] = {
     "stage": [Param("to", "Move to stage", "stage"), NEXT],
     "sales_alert": [Param("note", "Note for the rep"), NEXT],
     "notify_owner": [Param("note", "Note"), Param("task", "Create a sales task"),
+                     Param("due_days", "Task due in (days)", "number", help="empty: no due date"),
                      Param("user", "Notify this user instead (username or id)"), NEXT],
     "assign_owner": [Param("user", "Owner (username or id)"), NEXT],
     "enroll": [Param("journey", "Journey", "journey"), NEXT],
@@ -115,6 +117,10 @@ TRIGGER_PARAMS: dict[str, list[Param]] = {
     "segment_exited": [Param("segment_exited", "Segment", "segment")],
     "form_submitted": [Param("form_submitted", "Form", "form")],
     "score": [Param("score", "Score", "score"), Param("at_least", "Rises to at least", "number")],
+    # One menu for both keys: "B" is {grade: B} (B or better), "=B" is {grade: B, exactly: true}.
+    "grade": [Param("grade", "Fit grade becomes", "grade", choices=tuple(
+        [(g, g if i == 0 else f"{g} or better") for i, g in enumerate(lang.GRADES)]
+        + [(f"={g}", f"exactly {g}") for g in lang.GRADES]))],
     "stage_changed": [Param("to", "To stages (comma-separated; empty: any)", "csv"),
                       Param("from", "From stages (comma-separated; empty: any)", "csv")],
     "date_trait": [Param("date_trait", "Date trait", placeholder="renewal_date"),
@@ -124,6 +130,7 @@ TRIGGER_PARAMS: dict[str, list[Param]] = {
 assert set(TRIGGER_PARAMS) == set(lang.TRIGGER_KINDS)
 TRIGGER_LABELS = {"event": "does an event", "segment_entered": "enters a segment", "segment_exited": "leaves a segment",
                   "form_submitted": "submits a form", "score": "a score crosses a threshold",
+                  "grade": "the fit grade reaches a grade",
                   "stage_changed": "changes lifecycle stage", "date_trait": "a date comes (N days before/after)",
                   "manual": "only by hand or the API"}
 GOAL_PARAMS = [Param("name", "Name", placeholder="Became MQL"),
@@ -342,7 +349,10 @@ def trigger_kind(trigger: dict) -> str:
 
 def _trigger_row(trigger: dict) -> Row:
     kind = trigger_kind(trigger)
-    return Row(kind, {p.key: _value_text(p, trigger.get(p.key)) for p in TRIGGER_PARAMS[kind]})
+    values = {p.key: _value_text(p, trigger.get(p.key)) for p in TRIGGER_PARAMS[kind]}
+    if kind == "grade" and trigger.get("exactly"):
+        values["grade"] = f"={values['grade']}"
+    return Row(kind, values)
 
 
 def _goal_row(goal: dict) -> Row:
@@ -578,7 +588,8 @@ def _value(param: Param, raw: Any, path: str) -> Any:
     raw = raw if isinstance(raw, str) else ""
     if kind == "node":
         return None if raw.strip() in ("", "end") else raw.strip()
-    if kind in ("text", "time", "template", "server", "stage", "journey", "list", "segment", "form", "score"):
+    if kind in ("text", "time", "template", "server", "stage", "journey", "list", "segment", "form", "score",
+                "grade"):
         return raw.strip() or None
     if not raw.strip():
         return None
@@ -654,6 +665,8 @@ def state_definition(state: EditorState, *, slug: str | None = None) -> dict:
         trigger = _fields(TRIGGER_PARAMS[row.kind], row.values, path)
         if row.kind in ("stage_changed", "manual"):
             trigger = {row.kind: True, **trigger}
+        elif row.kind == "grade" and str(trigger.get("grade", "")).startswith("="):
+            trigger = {"grade": trigger["grade"][1:], "exactly": True}
         elif row.kind not in trigger:
             raise JourneyError("is required", path=f"{path}.{row.kind}")
         triggers.append(trigger)
@@ -722,7 +735,7 @@ def field_views(prefix: str, params: list[Param], values: dict, options: dict) -
     for param in params:
         name = f"{prefix}-{param.key}"
         value = values.get(param.key, _value_text(param, None))
-        choices = list(options.get(param.kind, []))
+        choices = list(options.get(param.kind, [])) or list(param.choices)
         if isinstance(value, str) and value and choices and value not in {v for v, _ in choices}:
             choices.insert(0, (value, f"{value} (not found)"))
         view = {"param": param, "name": name, "id": f"id_{name}", "value": value, "options": choices,

@@ -345,6 +345,9 @@ def trigger_summary(trigger: dict) -> str:
         return f"submits form {trigger['form_submitted']}"
     if "score" in trigger:
         return f"{trigger['score'].replace('_', ' ')} rises to {trigger.get('at_least', 0):g} or more"
+    if "grade" in trigger:
+        return (f"fit grade becomes {trigger['grade']}" if trigger.get("exactly")
+                else f"fit grade reaches {trigger['grade']} or better")
     if "stage_changed" in trigger:
         to = ", ".join(trigger.get("to", [])) or "any stage"
         source = f" from {', '.join(trigger['from'])}" if trigger.get("from") else ""

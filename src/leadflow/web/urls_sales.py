@@ -12,4 +12,5 @@ urlpatterns = [
     path("settings/", views_sales.lifecycle_settings, name="sales-settings"),
     path("leads/<int:contact_id>/", views_sales.lead, name="sales-lead"),
     path("leads/<int:contact_id>/<slug:action>/", views_sales.lead_action, name="sales-lead-action"),
+    path("tasks/<int:task_id>/<slug:action>/", views_sales.task_action, name="sales-task-action"),
 ]

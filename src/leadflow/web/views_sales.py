@@ -1,6 +1,7 @@
-"""Sales pages: my leads with their SLA clocks, the manager view, a lead's page with the context
-that made it hot and the actions (accept, log work, disqualify, recycle, advance), alerts, and the
-lifecycle settings (MQL rule, SLAs, routing rules, reps)."""
+"""Sales pages: my leads with their SLA clocks and my open tasks, the manager view, a lead's page
+with the context that made it hot, its tasks and the actions (accept, log work, disqualify,
+recycle, advance, add a task), marking tasks done, alerts, and the lifecycle settings (MQL rule,
+SLAs, routing rules, reps)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from leadflow.contacts import selectors as contact_selectors
@@ -35,6 +37,8 @@ def inbox(request: HttpRequest) -> HttpResponse:
     return render(request, "web/sales/inbox.html", {
         "section": "sales", "rows": rows, "status": status, "statuses": STATUS_FILTERS,
         "is_manager": manages is None or bool(manages),
+        "tasks": sales_selectors.sales_tasks(workspace=request.workspace, owner_ids=[request.user.pk]),
+        "acts_for": _acts_for(request, manages),
         "alerts": sales_selectors.sales_alerts(workspace=request.workspace, user=request.user,
                                                unread_only=True)[:20],
     })
@@ -52,8 +56,27 @@ def team(request: HttpRequest) -> HttpResponse:
         status = "open"
     view = sales_selectors.sales_team_view(workspace=request.workspace, manager=request.user, status=status)
     owners = sorted(view.by_owner.values(), key=lambda e: (-e["overdue"], e["user"].get_username()))
+    tasks = sales_selectors.sales_tasks(workspace=request.workspace, owner_ids=manages)
     return render(request, "web/sales/team.html", {"section": "sales", "view": view, "owners": owners,
-                                                   "status": status, "statuses": STATUS_FILTERS})
+                                                   "status": status, "statuses": STATUS_FILTERS, "tasks": tasks,
+                                                   "acts_for": _acts_for(request, manages)})
+
+
+class _Everyone:
+    """`acts_for` of an admin: they may act for every owner."""
+
+    def __contains__(self, user_id) -> bool:
+        return True
+
+
+def _acts_for(request: HttpRequest, manages: list[int] | None):
+    """The owners whose tasks the user may mark done (for showing the button; the service checks
+    again): themselves and the reps they manage, everyone for an admin, nobody without a sales role."""
+    if request.role not in SALES_ROLES:
+        return set()
+    if manages is None:
+        return _Everyone()
+    return {request.user.pk, *manages}
 
 
 def _lead_contact(request: HttpRequest, contact_id: int):
@@ -83,6 +106,10 @@ def lead(request: HttpRequest, contact_id: int) -> HttpResponse:
         "assignments": sales_selectors.lead_assignments(workspace=request.workspace, contact_id=contact.pk),
         "can_act": request.role in SALES_ROLES, "work_kinds": sales.WORK_KINDS, "advance": ADVANCE,
         "default_return": (dt.date.today() + dt.timedelta(days=30)).isoformat(),
+        "tasks": sales_selectors.sales_tasks(workspace=request.workspace, contact_id=contact.pk, status="all",
+                                             limit=50),
+        "acts_for": _acts_for(request, sales_selectors.managed_user_ids(workspace=request.workspace,
+                                                                        manager=request.user)),
     })
 
 
@@ -116,6 +143,17 @@ def lead_action(request: HttpRequest, contact_id: int, action: str) -> HttpRespo
             sales.lead_advance(contact=contact, user=request.user, to_stage=data.get("to_stage", ""),
                                reason=data.get("reason", ""))
             done = "Stage updated."
+        elif action == "task":
+            raw = data.get("due_date", "").strip()
+            try:
+                # Due by the end of that day (UTC): a task due today is not overdue this afternoon.
+                due_at = dt.datetime.combine(dt.date.fromisoformat(raw), dt.time(23, 59), tzinfo=dt.timezone.utc) \
+                    if raw else None
+            except ValueError:
+                raise ServiceError(f"due date {raw!r} is not a date (YYYY-MM-DD)") from None
+            sales.task_create(contact=contact, user=request.user, title=data.get("title", ""),
+                              note=data.get("note", ""), due_at=due_at)
+            done = "Task added."
         else:
             raise Http404("no such action")
     except ServiceError as exc:
@@ -123,6 +161,30 @@ def lead_action(request: HttpRequest, contact_id: int, action: str) -> HttpRespo
     else:
         messages.success(request, done)
     return redirect("web:sales-lead", contact.pk)
+
+
+@workspace_view()
+@require_POST
+def task_action(request: HttpRequest, task_id: int, action: str) -> HttpResponse:
+    """Mark a task done or open it again, then back to the page the form was on."""
+    task = sales_selectors.task_get(workspace=request.workspace, task_id=task_id)
+    if task is None:
+        raise Http404("no such task")
+    try:
+        if action == "done":
+            sales.task_complete(task=task, user=request.user)
+            messages.success(request, f"Done: {task.title}")
+        elif action == "reopen":
+            sales.task_reopen(task=task, user=request.user)
+            messages.success(request, f"Open again: {task.title}")
+        else:
+            raise Http404("no such action")
+    except ServiceError as exc:
+        messages.error(request, str(exc))
+    back = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return redirect(back)
+    return redirect("web:sales")
 
 
 @workspace_view()
