@@ -290,6 +290,26 @@ def test_parts_use_7bit_quoted_printable_or_base64_as_fits():
     assert html["Content-Transfer-Encoding"] == "base64" and "Привет мир" in html.get_content()
 
 
+def test_a_boundary_never_appears_in_the_parts_it_separates():
+    """Boundaries come from a fast generator, not a secret one: content written to contain the
+    next boundary (the generator's state is known here) gets another boundary."""
+    import datetime as dt
+    import random
+
+    state = mime._unique.getstate()
+    replay = random.Random()
+    replay.setstate(state)
+    replay.getrandbits(48)  # the Message-ID's part
+    expected = f"=_lf_{replay.getrandbits(96):024x}"
+    built = mime.message_build(message=_Message(), subject="s", html=f"<p>--{expected}--</p>", text=f"--{expected}",
+                               sender=_sender(), now=dt.datetime(2026, 3, 2, tzinfo=dt.timezone.utc))
+    mail = email.message_from_bytes(built.data, policy=email.policy.default)
+    assert expected not in mail["Content-Type"]
+    parts = [p for p in mail.walk() if not p.is_multipart()]
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+    assert parts[1].get_content().strip() == f"<p>--{expected}--</p>"
+
+
 @pytest.mark.parametrize("address", ["", "no-at-sign", "a@b", "two@@example.org", "a b@example.org",
                                      "x@example.org\r\nBcc: y@example.org", "<x@example.org>"])
 def test_unusable_addresses_are_refused(address):

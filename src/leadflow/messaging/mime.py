@@ -21,6 +21,8 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import os
+import random
 import re
 import secrets
 import time
@@ -41,6 +43,17 @@ _ASCII = bytes(range(128))
 _ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+")
 _MARKETING_ONLY = frozenset({b"list-unsubscribe", b"list-unsubscribe-post", b"list-id"})
 _ADDRESS_REFUSED = re.compile(r'[\r\n\t <>"(),;:\[\]\\]')
+
+# Message-ID suffixes and MIME boundaries need to be unique, not secret. `secrets` reads the
+# kernel's random source and releases the GIL on every call, which on the dispatcher's thread
+# meant waiting for the SMTP threads to give it back; a generator seeded from it (again in every
+# forked process) costs nothing, and a boundary is checked against the parts it separates.
+_unique = random.Random(secrets.randbits(128))
+os.register_at_fork(after_in_child=lambda: _unique.seed(secrets.randbits(128)))
+
+
+def _hex(nbytes: int) -> str:
+    return f"{_unique.getrandbits(nbytes * 8):0{nbytes * 2}x}"
 
 
 class MimeError(ValueError):
@@ -314,7 +327,7 @@ def message_build(*, message, subject: str, html: str, text: str, sender: Sender
     cannot be put on the wire."""
     recipient = _wire_address(_check_address(message.to_email))
     from_address = _wire_address(_check_address(sender.from_email))
-    message_id = f"<{message.pk}.{secrets.token_hex(6)}@{sender.domain}>"
+    message_id = f"<{message.pk}.{_hex(6)}@{sender.domain}>"
     head = [_encoded("From", _mailbox(sender.from_name, from_address)),
             _fold("To", recipient),
             _encoded("Subject", _single_line(subject)),
@@ -335,12 +348,15 @@ def message_build(*, message, subject: str, html: str, text: str, sender: Sender
                                                 domain=sender.domain)))
     head.append(_fold("Feedback-ID", feedback_id(campaign=message.campaign, kind=message.kind,
                                                  workspace_slug=workspace_slug, sender=sender.feedback_sender)))
-    boundary = f"=_lf_{secrets.token_hex(12)}".encode()
+    parts = _body_part(text or " ", "plain"), _body_part(html, "html")
+    boundary = f"=_lf_{_hex(12)}".encode()
+    while any(boundary in part for part in parts):  # never, unless a part was written to contain one
+        boundary = f"=_lf_{_hex(12)}".encode()
     head.append(b"MIME-Version: 1.0\r\n")
     head.append(b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\r\n')
     data = b"".join(head) + b"\r\n" + b"".join([
-        b"--" + boundary + b"\r\n", _body_part(text or " ", "plain"),
-        b"--" + boundary + b"\r\n", _body_part(html, "html"),
+        b"--" + boundary + b"\r\n", parts[0],
+        b"--" + boundary + b"\r\n", parts[1],
         b"--" + boundary + b"--\r\n"])
     if sender.signer is not None:
         include = [h.encode() for h in SIGNED_HEADERS if h != "reply-to" or sender.reply_to]

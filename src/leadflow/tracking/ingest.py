@@ -34,6 +34,7 @@ class Rejected(ValueError):
 class AppendResult:
     accepted: int = 0
     rejected: list[dict] = field(default_factory=list)
+    appended: list[tuple[int, str]] = field(default_factory=list)
 
 
 def _parse_time(value: object, name: str) -> dt.datetime | None:
@@ -170,8 +171,13 @@ def batch_items(payload: dict) -> list:
 
 
 def events_append(*, workspace: Workspace | int, messages: list, default_type: str | None = None,
-                  request_ip: str | None = None, sizes: list[int] | None = None) -> AppendResult:
-    """Validate each message and append the good ones; idempotent on messageId."""
+                  request_ip: str | None = None, sizes: list[int] | None = None,
+                  processed: tuple[dict[str, int], dt.datetime] | None = None) -> AppendResult:
+    """Validate each message and append the good ones; idempotent on messageId.
+
+    `processed` = (contact id by messageId, time): append them already processed, on those
+    contacts (LeadFlow's own events, which identity resolution has nothing to learn from); the
+    result's `appended` then lists (event id, messageId) of the rows that are new."""
     workspace_id = workspace if isinstance(workspace, int) else workspace.pk
     received_at = clock.now()
     result = AppendResult()
@@ -186,11 +192,29 @@ def events_append(*, workspace: Workspace | int, messages: list, default_type: s
             if isinstance(msg, dict) and isinstance(msg.get("messageId"), str):
                 entry["messageId"] = msg["messageId"][:MAX_ID_LENGTH]
             result.rejected.append(entry)
-    if rows:
+    if rows and processed is not None:
+        contact_of, at = processed
+        for row in rows:
+            row["contact_id"], row["processed_at"] = contact_of[row["message_id"]], at
+        with transaction.atomic():
+            result.appended = _events_insert_new(workspace_id, rows)
+    elif rows:
         with transaction.atomic():
             _events_insert(rows)
     result.accepted = len(rows)
     return result
+
+
+def _events_insert_new(workspace_id: int, rows: list[dict]) -> list[tuple[int, str]]:
+    """`_events_insert`, returning (id, message_id) of the rows that were not there yet."""
+    if connection.vendor == "postgresql":
+        return _events_insert(rows, returning=True)
+    keys = [row["message_id"] for row in rows]
+    there = set(Event.objects.filter(workspace_id=workspace_id, message_id__in=keys)
+                .values_list("message_id", flat=True))
+    _events_insert(rows)
+    new = [key for key in keys if key not in there]
+    return list(Event.objects.filter(workspace_id=workspace_id, message_id__in=new).values_list("id", "message_id"))
 
 
 # The event log's columns, in model order, without the serial id. Values are adapted here once
@@ -201,15 +225,17 @@ _TIME_FIELDS = frozenset(f.attname for f in Event._meta.concrete_fields if f.get
 _INSERT_FIELDS = [f for f in Event._meta.concrete_fields if not f.primary_key]
 
 
-def _events_insert(rows: list[dict]) -> None:
+def _events_insert(rows: list[dict], *, returning: bool = False) -> list[tuple[int, str]]:
     """Insert validated field dicts exactly as `bulk_create(..., ignore_conflicts=True)` would.
 
     PostgreSQL: one `INSERT … SELECT … FROM jsonb_populate_recordset(…) ON CONFLICT DO NOTHING`
     per 1,000 rows, the rows sent as one JSON parameter (orjson, date-times as ISO 8601 with
-    offset), so neither the ORM nor the driver prepares values one by one.
+    offset), so neither the ORM nor the driver prepares values one by one; with `returning`,
+    the (id, message_id) of the rows inserted (PostgreSQL only).
     SQLite: `INSERT OR IGNORE` of one prepared row statement through `executemany`.
     Fields the validator does not set (contact, processed_at, error) get their model defaults.
     """
+    inserted: list[tuple[int, str]] = []
     ops = connection.ops
     table = ops.quote_name(Event._meta.db_table)
     fields = [f for f in _INSERT_FIELDS if f.attname in rows[0] or f.name in rows[0]] + \
@@ -227,8 +253,11 @@ def _events_insert(rows: list[dict]) -> None:
                            for row in rows[start:start + 1000]]
                 cursor.execute(
                     f"INSERT INTO {table} ({columns}) SELECT {columns} FROM "
-                    f"jsonb_populate_recordset(NULL::{table}, %s::jsonb) ON CONFLICT DO NOTHING",
+                    f"jsonb_populate_recordset(NULL::{table}, %s::jsonb) ON CONFLICT DO NOTHING"
+                    + (" RETURNING id, message_id" if returning else ""),
                     [orjson.dumps(payload).decode()])
+                if returning:
+                    inserted += cursor.fetchall()
         else:
             adapt_time = ops.adapt_datetimefield_value
             dumps = orjson.dumps
@@ -248,6 +277,7 @@ def _events_insert(rows: list[dict]) -> None:
             marks = ", ".join(["%s"] * len(fields))
             cursor.executemany(f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({marks})",
                                [values(row) for row in rows])
+    return inserted
 
 
 def gunzip_limited(body: bytes, limit: int) -> bytes:

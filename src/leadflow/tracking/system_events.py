@@ -10,17 +10,15 @@ from leadflow.core.services import ServiceError
 def system_events_append(*, workspace_id: int, now: dt.datetime, items: list[tuple], system: str) -> None:
     """Append events (contact, message id, name, properties) that `system` records about people.
 
-    They go through `events_append` like any other event, then are marked processed for their
-    contact in the same transaction: identity resolution has nothing to learn from them, and
+    They go through `events_append`'s checks like any other event and are written already
+    processed, on their contact: identity resolution has nothing to learn from them, and
     running them through the pipeline would count them as the person's activity (last seen,
     engagement). Message ids are derived from the row that caused them, so appending again is a
     no-op. Segments read them from the log by name; journeys are told at once (triggers, goals,
     waits for an event), in this transaction.
     """
     from leadflow.contacts.models import Identity
-    from leadflow.contacts.processing import rows_update
     from leadflow.tracking.ingest import events_append
-    from leadflow.tracking.models import Event
 
     if not items:
         return
@@ -39,17 +37,11 @@ def system_events_append(*, workspace_id: int, now: dt.datetime, items: list[tup
                          "timestamp": now.isoformat(), "properties": properties,
                          "context": {"leadflow": {"system": system}}})
         contact_of[message_id] = contact.pk
-    result = events_append(workspace=workspace_id, messages=messages)
+    result = events_append(workspace=workspace_id, messages=messages, processed=(contact_of, now))
     if result.rejected:
         raise ServiceError(f"{system} events rejected: {result.rejected}")
-    appended = list(Event.objects.filter(workspace_id=workspace_id, message_id__in=list(contact_of),
-                                         processed_at__isnull=True).only("id", "message_id"))
-    for event in appended:
-        event.contact_id = contact_of[event.message_id]
-        event.processed_at = now
-    rows_update(Event, appended, ["contact", "processed_at"])
     from leadflow.journeys.triggers import system_events_seen
 
     names = {m["messageId"]: (m["event"], m["properties"]) for m in messages}
     system_events_seen(workspace_id=workspace_id, now=now, appended=[
-        (event.pk, event.contact_id, *names[event.message_id]) for event in appended])
+        (event_id, contact_of[message_id], *names[message_id]) for event_id, message_id in result.appended])
