@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -471,3 +472,12 @@ def test_lint_warns_about_unknown_variables(ws, settings_row):
     template = make_template(ws, html="<p>{{ coupon_code }} {{ contact.first_name }} {{ unsubscribe_url }}</p>")
     warnings = rendering.version_lint(version=v1(template))
     assert warnings == ["unknown variables render empty unless the sender passes them: coupon_code"]
+
+
+@hypothesis_settings(max_examples=400, deadline=None)
+@given(source=st.text(alphabet=st.sampled_from(list("ab <>&\"'é—\r\n\t%#}")), max_size=40))
+def test_a_part_without_braces_renders_as_jinja_would_without_jinja(source):
+    """Fixed subjects and preheaders skip the sandbox: the shortcut gives Jinja's exact output
+    (newlines made \\n, one trailing newline dropped), in every mode."""
+    for mode in ("text", "html", "marked"):
+        assert rendering.static_text(source) == "".join(rendering._compiled(mode, "t", source).generate({}))

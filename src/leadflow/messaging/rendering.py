@@ -752,8 +752,23 @@ def _budgeted(context: dict) -> dict:
     return {**context, "range": budget_range, "__budget": budget}
 
 
+_NEWLINES = re.compile(r"\r\n|\r|\n")
+
+
+def static_text(source: str) -> str | None:
+    """What Jinja renders for `source` when it has no tag, variable or comment (no `{` at all):
+    the text with its newlines made `\n` and one trailing newline dropped. None otherwise."""
+    if "{" in source:
+        return None
+    text = _NEWLINES.sub("\n", source) if "\r" in source else source
+    return text[:-1] if text.endswith("\n") else text
+
+
 def _render_with_blocks(source: str, *, part: str, mode: str, data: RenderInput, extra: dict | None = None,
                         depth: int = 0, marked: bool = False) -> str:
+    fixed = static_text(source)
+    if fixed is not None:  # a fixed preheader or subject: nothing to evaluate, no context to build
+        return fixed
     context = _budgeted({**_base_context(data, mode), **(extra or {})})
 
     def block(name=""):
