@@ -595,3 +595,45 @@ def test_report_times_use_the_clock(ws, frozen_clock):
     bounce_process(workspace_id=ws.workspace.pk, raw=fill(EXIM_MAILBOX_FULL, message=message))
     event = MessageEvent.objects.get(message=message, kind=MessageEventKind.SOFT_BOUNCED)
     assert event.at == frozen_clock.current == message.sent_at + dt.timedelta(hours=5)
+
+
+# Hard/soft agreement per MTA or provider format. Each floor sits just under today's figure, so
+# one more miss in any format fails however well the others do: a regression in one format cannot
+# hide behind the overall average.
+CORPUS_FORMATS = {
+    # name: (corpus file prefixes, labelled recipients, floor)   today's figure
+    "Amazon SES": (("lhost-amazonses-",), 8, 0.95),                # 8/8
+    "Exim": (("lhost-exim-",), 20, 0.97),                          # 20/20
+    "Gmail": (("lhost-gmail-",), 7, 0.95),                         # 7/7
+    "Exchange": (("lhost-exchange2003-", "lhost-exchange2007-"), 7, 0.95),  # 7/7
+    "Postfix": (("lhost-postfix-",), 35, 0.88),                    # 31/35 = 0.886
+    "Outlook": (("lhost-outlook-", "rhost-outlook-"), 8, 0.74),    # 6/8 = 0.75
+    "Sendmail": (("lhost-sendmail-",), 30, 0.98),                  # 30/30
+    "qmail": (("lhost-qmail-",), 15, 0.86),                        # 13/15 = 0.867
+}
+
+
+def test_corpus_hard_soft_agreement_per_format():
+    """The comparison behind the overall figure above, per format (the `lhost-…`/`rhost-…` part
+    of the file name: the MTA or provider that wrote the report)."""
+    root, labels = _corpus()
+    tally = {name: [0, 0] for name in CORPUS_FORMATS}
+    for name, rows in labels.items():
+        base = name.rsplit("/", 1)[-1]
+        found = [f for f, (prefixes, _, _) in CORPUS_FORMATS.items() if base.startswith(prefixes)]
+        if not found or rows[0]["reason"] in ("feedback", "delivered", "vacation"):
+            continue
+        raw = (root / name).read_bytes()
+        failures = [f for f in classify(raw).failures if f.outcome in ("hard", "soft")]
+        text = raw.decode("latin-1").lower()
+        failures.sort(key=lambda f: text.find(f.address) if f.address and f.address in text else len(text))
+        for index, row in enumerate(rows):
+            got = failures[min(index, len(failures) - 1)].outcome if failures else "none"
+            tally[found[0]][0] += (got == "hard") == (row["hardbounce"] == "true")
+            tally[found[0]][1] += 1
+    print("\nDSN corpus, hard/soft agreement per format: "
+          + ", ".join(f"{name} {agree}/{total}" for name, (agree, total) in tally.items()))
+    for name, (_, recipients, floor) in CORPUS_FORMATS.items():
+        agree, total = tally[name]
+        assert total >= recipients, f"{name}: only {total} labelled recipients found, expected {recipients}"
+        assert agree / total >= floor, f"{name}: hard/soft agrees on {agree}/{total}, below {floor:.0%}"

@@ -1,5 +1,6 @@
 """Management API: email broadcasts and A/B tests — create, list, get (with recipient counts and
-statistics), update, schedule, send now, pause, resume, cancel, pick the winner."""
+statistics), update, add a subject-line variant, schedule, send now, pause, resume, cancel, pick
+the winner."""
 
 from __future__ import annotations
 
@@ -59,6 +60,13 @@ class ScheduleIn(Schema):
 class WinnerIn(Schema):
     label: Literal["A", "B", "C", "D"] | None = Field(None, description="force this variant; none: decide "
                                                                         "by the results so far")
+
+
+class SubjectVariantIn(Schema):
+    subject: str = Field(description="the subject line to test against variant A's")
+    preheader: str | None = Field(None, description="a new preheader too; default: variant A's")
+    name: str | None = Field(None, description="the new template's name; default: \"<A's name> — <broadcast>, "
+                                               "variant <label>\"")
 
 
 class VariantOut(Schema):
@@ -235,6 +243,16 @@ def broadcasts_update(request, broadcast_id: int, payload: BroadcastPatch):
         changes["scheduled_at"] = payload.scheduled_at
     broadcast = services.broadcast_update(broadcast=broadcast, actor=actor(request), **changes)
     return _detail(broadcast)
+
+
+@router.post("/{broadcast_id}/subject-variants", response={201: BroadcastDetailOut},
+             summary="A/B test a subject line: copy variant A's template with this subject, submit the copy for "
+                     "approval and add it as the next variant (the broadcast starts once it is approved)")
+def broadcasts_subject_variant(request, broadcast_id: int, payload: SubjectVariantIn):
+    broadcast = _get(request, broadcast_id)
+    services.broadcast_subject_variant_add(broadcast=broadcast, subject=payload.subject, preheader=payload.preheader,
+                                           name=payload.name, actor=actor(request))
+    return Status(201, _detail(broadcast))
 
 
 @router.post("/{broadcast_id}/schedule", response=BroadcastDetailOut,

@@ -1,4 +1,5 @@
-"""Management API: email layouts, templates, versions, approval, diff, preview and test sends.
+"""Management API: email layouts, templates (and copies of them), versions, approval, diff,
+preview and test sends.
 
 A secret key acts as the workspace: it may approve or reject like an admin, except a high-risk
 template, which a member with the compliance role approves in the web UI.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from ninja import Query, Router, Schema, Status
+from ninja import Body, Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from leadflow.api import cursor
@@ -69,6 +70,14 @@ class TemplatePatch(Schema):
     kind: Literal["marketing", "transactional"] | None = None
     topic: str | None = None
     high_risk: bool | None = None
+
+
+class DuplicateIn(Schema):
+    name: str | None = Field(None, description="the copy's name; default: \"<name> (copy)\"")
+    slug: str | None = None
+    version: int | None = Field(None, description="the version to copy; default: the newest")
+    subject: str | None = Field(None, description="a new subject for the copy; default: the copied one")
+    preheader: str | None = Field(None, description="a new preheader for the copy; default: the copied one")
 
 
 class TemplateOut(Schema):
@@ -287,6 +296,22 @@ def templates_update(request, template_id: int, payload: TemplatePatch):
                                         name=payload.name, kind=payload.kind, topic=payload.topic,
                                         high_risk=payload.high_risk)
     return _template_out(template)
+
+
+@router.post("/{template_id}/duplicate", response={201: TemplateOut, 400: ProblemOut},
+             summary="Copy a template: a version's content becomes version 1 (a draft) of a new template; "
+                     "approval is not copied")
+def templates_duplicate(request, template_id: int, payload: DuplicateIn | None = Body(None)):
+    template = _template(request, template_id)
+    payload = payload or DuplicateIn()
+    version = None
+    if payload.version is not None:
+        version = services.version_get(template=template, number=payload.version)
+        if version is None:
+            raise HttpError(404, f"template {template_id} has no version {payload.version}")
+    copy = services.template_duplicate(template=template, actor=actor(request), name=payload.name, slug=payload.slug,
+                                       version=version, subject=payload.subject, preheader=payload.preheader)
+    return Status(201, _template_out(copy))
 
 
 @router.delete("/{template_id}", response={204: None}, summary="Archive a template")

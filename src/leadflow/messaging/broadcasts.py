@@ -36,7 +36,7 @@ import math
 from collections import defaultdict
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Lower, Trim
 
 from leadflow.contacts.models import Contact
@@ -308,6 +308,56 @@ def broadcast_update(*, broadcast: Broadcast, actor: str, name=UNSET, template=U
         audit_record(workspace=b.workspace, actor=actor, action="broadcast.update", target=f"broadcast:{b.pk}",
                      data={"fields": sorted(set(fields))})
     return b
+
+
+def broadcast_subject_variant_add(*, broadcast: Broadcast, subject: str, actor: str, preheader: str | None = None,
+                                  name: str | None = None) -> BroadcastVariant:
+    """Test another subject line: copy variant A's template (its approved version, else its newest)
+    with `subject` (and `preheader`) as a new template, submit that copy for approval and add it as
+    the next variant (B, C or D). Nothing skips approval: the broadcast cannot start until the copy
+    is approved. All or nothing — a refusal anywhere leaves no copy behind."""
+    from leadflow.messaging import content
+
+    with transaction.atomic():
+        b = _locked(broadcast)
+        if b.status not in EDITABLE:
+            raise ServiceError(f"this broadcast is {_status_label(b.status)}; variants are added to drafts only")
+        if b.status == SCHEDULED:
+            raise ServiceError("this broadcast is scheduled, and a new variant must be approved before it can start: "
+                               "clear its planned time (it goes back to draft), add the variant, and schedule it "
+                               "again once the variant is approved")
+        variants = _variants(b)
+        if len(variants) >= abtest.MAX_VARIANTS:
+            raise ServiceError(f"this broadcast already has {abtest.MAX_VARIANTS} variants (A to D), the most an "
+                               "A/B test can have; remove one first")
+        others = [v.version.template for v in variants[1:]]
+        label = abtest.LABELS[len(others) + 1]
+        source = _template_check(b.workspace_id, Template.objects.select_related("approved_version")
+                                 .get(pk=b.template_id))
+        base = source.approved_version
+        if base is None or base.status != VersionStatus.APPROVED:
+            base = content.version_latest(template=source)
+            if base is None:
+                raise ServiceError(f"template {source.slug!r} has no version yet")
+        if isinstance(subject, str):
+            wanted = " ".join(subject.split()).lower()
+            used = [("A", base.subject)] + [(v.label, v.version.subject) for v in variants[1:]]
+            for other, used_subject in used:
+                if wanted and " ".join(used_subject.split()).lower() == wanted:
+                    raise ServiceError(f"variant {other} already has the subject {used_subject!r}; "
+                                       "a subject-line variant needs a different subject")
+        if name is None:
+            name = content.template_name_unused(workspace_id=b.workspace_id,
+                                                name=f"{source.name} — {b.name}, variant {label}")
+        copy = content.template_duplicate(template=source, version=base, actor=actor, name=name, subject=subject,
+                                          preheader=preheader)
+        content.version_submit(version=content.version_latest(template=copy), actor=actor)
+        broadcast_update(broadcast=b, actor=actor, variants=[*others, copy])
+        audit_record(workspace=b.workspace, actor=actor, action="broadcast.subject_variant",
+                     target=f"broadcast:{b.pk}", data={"label": label, "template": copy.slug,
+                                                       "from_version": base.number})
+    return (BroadcastVariant.objects.select_related("version__template")
+            .get(workspace_id=b.workspace_id, broadcast=b, label=label))
 
 
 def _preflight(b: Broadcast) -> None:
@@ -686,3 +736,39 @@ def broadcast_stats(*, broadcast: Broadcast) -> dict:
                        **_rates(row)})
     groups.sort(key=lambda g: (g["label"] in ("rest", "all"), g["label"]))
     return {"total": _rates(total), "groups": groups}
+
+
+def broadcast_variant_approvals(*, broadcast: Broadcast) -> list[dict]:
+    """Whether each variant (A first; just A without an A/B test) can be sent, in one query: its
+    template's approved version (what starting pins) and newest version with their states.
+    `ready` is what starting checks: an approved version and the template not archived."""
+    labels = [(v.label, v.version.template_id) for v in _variants(broadcast)] or [("A", broadcast.template_id)]
+    newest = TemplateVersion.objects.filter(template=OuterRef("pk")).order_by("-number")
+    templates = {t.pk: t for t in Template.objects.filter(workspace_id=broadcast.workspace_id,
+                                                          pk__in=[pk for _, pk in labels])
+                 .select_related("approved_version")
+                 .annotate(newest_number=Subquery(newest.values("number")[:1]),
+                           newest_status=Subquery(newest.values("status")[:1]),
+                           newest_subject=Subquery(newest.values("subject")[:1]))}
+    rows = []
+    for label, template_id in labels:
+        t = templates[template_id]
+        approved = t.approved_version if (t.approved_version_id and
+                                          t.approved_version.status == VersionStatus.APPROVED) else None
+        ready = approved is not None and t.archived_at is None
+        if t.archived_at is not None:
+            state = "archived"
+        elif approved is not None:
+            state = "approved"
+        else:
+            state = t.newest_status or "draft"
+        rows.append({
+            "label": label, "template": t, "ready": ready, "state": state,
+            "state_label": "archived" if state == "archived" else VersionStatus(state).label.lower(),
+            "approved_number": approved.number if approved is not None else None,
+            "subject": approved.subject if approved is not None else (t.newest_subject or ""),
+            "newest_number": t.newest_number, "newest_status": t.newest_status,
+            "newer_pending": (approved is not None and t.newest_number != approved.number
+                              and t.newest_status == VersionStatus.PENDING),
+        })
+    return rows

@@ -665,3 +665,72 @@ def sample_from(*, stage: str = "", role: str = "", segments: str | list = "") -
     if isinstance(segments, str):
         segments = [s for s in _SAMPLE_SEGMENTS.sub("", segments.lower()).split(",") if s]
     return {"stage": str(stage or "")[:32], "role": str(role or "")[:100], "segments": list(segments or [])[:50]}
+
+
+# --- duplicating ------------------------------------------------------------------------------------
+
+def _name_taken(workspace_id: int, name: str) -> bool:
+    return Template.objects.filter(workspace_id=workspace_id, archived_at__isnull=True, name__iexact=name).exists()
+
+
+def template_name_unused(*, workspace_id: int, name: str, first: str = "{name}",
+                         then: str = "{name} ({n})") -> str:
+    """The first of `first`, then `then` with n = 2, 3, … (each filled with `name`, shortened to fit
+    MAX_NAME) that no live template of the workspace is called, case-insensitively."""
+    name = _name(name, "template")
+    names = {n.lower() for n in Template.objects.filter(workspace_id=workspace_id, archived_at__isnull=True)
+             .values_list("name", flat=True)}
+
+    def fill(pattern: str, n: int = 0) -> str:
+        room = MAX_NAME - len(pattern.format(name="", n=n))
+        return pattern.format(name=name[:room].rstrip(), n=n)
+
+    candidate, n = fill(first), 2
+    while candidate.lower() in names:
+        candidate, n = fill(then, n), n + 1
+    return candidate
+
+
+def template_duplicate(*, template: Template, actor: str, name: str | None = None,
+                       version: TemplateVersion | None = None, subject: str | None = None,
+                       preheader: str | None = None, slug: str | None = None) -> Template:
+    """A new template copied from `template`: same kind, topic, high-risk flag; the content and
+    layout of `version` (default: the newest) become its version 1, a *draft* — approval is never
+    copied, the copy goes through submission and approval like any new content. `subject` and
+    `preheader` replace the copied ones (the start of a subject-line test). `name` must not be
+    the name of another live template; by default it is "<name> (copy)" ("(copy 2)", … when taken)."""
+    if template.archived_at is not None:
+        raise ServiceError(f"the template {template.name!r} is archived; an archived template cannot be duplicated")
+    if version is None:
+        source = version_latest(template=template)
+        if source is None:
+            raise ServiceError(f"the template {template.name!r} has no version to copy")
+    elif version.template_id != template.pk or version.workspace_id != template.workspace_id:
+        raise ServiceError("the version to copy belongs to another template")
+    else:
+        source = version
+    if source.layout_id is None and source.layout_html.strip():
+        raise ServiceError(f"version {source.number} was submitted with a layout that has since been deleted, so "
+                           "a copy cannot reproduce it; copy another version, or give the template a layout first")
+    if name is None:
+        copy_name = template_name_unused(workspace_id=template.workspace_id, name=template.name,
+                                         first="{name} (copy)", then="{name} (copy {n})")
+    else:
+        copy_name = _name(name, "template")
+        if _name_taken(template.workspace_id, copy_name):
+            raise ServiceError(f"a template named {copy_name!r} already exists in this workspace; choose another name")
+    subject = source.subject if subject is None else subject
+    preheader = source.preheader if preheader is None else preheader
+    with transaction.atomic():
+        copy = template_create(
+            workspace=template.workspace, name=copy_name, kind=template.kind, topic=template.topic,
+            high_risk=template.high_risk, actor=actor, subject=subject, preheader=preheader, html=source.html,
+            text=source.text, blocks=source.blocks, layout=source.layout, slug=slug)
+        note = f"copied from “{template.name}” version {source.number}"[:500]
+        TemplateVersion.objects.filter(template=copy, number=1).update(note=note)
+        audit_record(workspace=template.workspace, actor=actor, action="email_template.duplicate",
+                     target=f"email_template:{copy.pk}",
+                     data={"from": template.pk, "from_version": source.number, "name": copy.name,
+                           "changed": [k for k, v in (("subject", subject), ("preheader", preheader))
+                                       if v != getattr(source, k)]})
+    return copy

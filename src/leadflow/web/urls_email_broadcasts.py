@@ -10,5 +10,7 @@ urlpatterns = [
     path("<int:broadcast_id>/", views.broadcast_detail, name="email-broadcast"),
     path("<int:broadcast_id>/edit/", views.broadcast_edit, name="email-broadcast-edit"),
     path("<int:broadcast_id>/confirm/", views.broadcast_confirm, name="email-broadcast-confirm"),
+    path("<int:broadcast_id>/subject-variant/", views.broadcast_subject_variant,
+         name="email-broadcast-subject-variant"),
     path("<int:broadcast_id>/<str:action>/", views.broadcast_action, name="email-broadcast-action"),
 ]

@@ -14,6 +14,7 @@ urlpatterns = [
     path("templates/<int:template_id>/", views.template_edit, name="email-template"),
     path("templates/<int:template_id>/preview/", views.template_live_preview, name="email-template-preview"),
     path("templates/<int:template_id>/archive/", views.template_archive, name="email-template-archive"),
+    path("templates/<int:template_id>/duplicate/", views.template_duplicate, name="email-template-duplicate"),
     path("templates/<int:template_id>/versions/", views.template_versions, name="email-template-versions"),
     path("templates/<int:template_id>/versions/<int:number>/", views.version_detail, name="email-version"),
     path("templates/<int:template_id>/versions/<int:number>/submit/", views.version_submit,

@@ -1,6 +1,7 @@
 """Broadcast pages: the list, the new/edit form (template, segment, planned time, A/B variants,
-share and metric), a broadcast's page (recipient and consent-filtered counts before sending,
-progress, statistics and A/B results after), the confirm step, and pause/resume/cancel/winner."""
+share and metric) with "add a subject-line variant", a broadcast's page (each variant's approval
+and the recipient and consent-filtered counts before sending, progress, statistics and A/B
+results after), the confirm step, and pause/resume/cancel/winner."""
 
 from __future__ import annotations
 
@@ -149,8 +150,42 @@ def broadcast_edit(request: HttpRequest, broadcast_id: int | None = None) -> Htt
                 error = str(exc)
     else:
         form = BroadcastForm(initial=_initial(broadcast) if broadcast else None, workspace=request.workspace)
+    return _edit_page(request, broadcast=broadcast, form=form, error=error)
+
+
+def _edit_page(request: HttpRequest, *, broadcast: Broadcast | None, form: BroadcastForm, error: str | None = None,
+               subject_form: dict | None = None, subject_error: str | None = None, status: int = 200) -> HttpResponse:
+    approvals = services.broadcast_variant_approvals(broadcast=broadcast) if broadcast is not None else []
+    has_test = len(approvals) > 1
+    next_label = abtest.LABELS[len(approvals)] if len(approvals) < abtest.MAX_VARIANTS else None
     return render(request, "web/email/broadcasts/edit.html", _context(
-        request, broadcast=broadcast, form=form, error=error))
+        request, broadcast=broadcast, form=form, error=error, approvals=approvals, has_test=has_test,
+        next_label=next_label if broadcast is not None and broadcast.status == services.DRAFT else None,
+        subject_form=subject_form or {"subject": "", "preheader": ""}, subject_error=subject_error), status=status)
+
+
+@workspace_view(edit=True)
+@require_POST
+def broadcast_subject_variant(request: HttpRequest, broadcast_id: int) -> HttpResponse:
+    """Add a subject-line variant: variant A's template copied with the subject (and preheader)
+    given, submitted for approval and added as the next variant."""
+    broadcast = _broadcast(request, broadcast_id)
+    subject, preheader = request.POST.get("subject", ""), request.POST.get("preheader", "")
+    try:
+        variant = services.broadcast_subject_variant_add(broadcast=broadcast, subject=subject,
+                                                         preheader=preheader if preheader.strip() else None,
+                                                         actor=_actor(request))
+    except ServiceError as exc:
+        broadcast = _broadcast(request, broadcast_id)
+        if broadcast.status not in services.EDITABLE:
+            messages.error(request, str(exc))
+            return redirect("web:email-broadcast", broadcast.pk)
+        form = BroadcastForm(initial=_initial(broadcast), workspace=request.workspace)
+        return _edit_page(request, broadcast=broadcast, form=form, subject_error=str(exc),
+                          subject_form={"subject": subject, "preheader": preheader}, status=400)
+    messages.success(request, f"Variant {variant.label} added with the subject “{variant.version.subject}” and "
+                              "submitted for approval. The broadcast can start once every variant is approved.")
+    return redirect(reverse("web:email-broadcast-edit", args=[broadcast.pk]) + "#subject-variants")
 
 
 RATES = {"click_rate": "Click rate", "open_rate": "Open rate", "unsubscribe_rate": "Unsubscribe rate"}
@@ -170,9 +205,14 @@ def _detail_context(request: HttpRequest, broadcast: Broadcast) -> dict:
                 row[f"{rate}_pct"] = _pct(row[rate])
     groups = {g["label"]: g for g in (stats or {}).get("groups", [])}
     metric_pct = f"{broadcast.winner_metric}_pct"
-    variant_rows = [(v, groups.get(v.label), (groups.get(v.label) or {}).get(metric_pct)) for v in variants]
+    # Before the start, each variant's approval: what starting will pin, or why it cannot start.
+    approvals = ({row["label"]: row for row in services.broadcast_variant_approvals(broadcast=broadcast)}
+                 if broadcast.status in services.EDITABLE else {})
+    variant_rows = [(v, groups.get(v.label), (groups.get(v.label) or {}).get(metric_pct), approvals.get(v.label))
+                    for v in variants]
     return _context(
         request, broadcast=broadcast, variants=variants, started=started, stats=stats, variant_rows=variant_rows,
+        not_ready=[row for row in approvals.values() if not row["ready"]],
         counts=services.broadcast_counts(broadcast=broadcast, now=clock.now()),
         result=broadcast.result or {}, editable=broadcast.status in services.EDITABLE,
         can_pause=broadcast.status in services.RUNNING, can_resume=broadcast.status == services.PAUSED,

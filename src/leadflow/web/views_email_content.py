@@ -1,6 +1,6 @@
 """Email content pages: templates list (with each template's sent, open and click rates), the
-editor with its live preview and the figures per version, versions with diff, a version's page
-(submit, approve, reject, test send), the approval queue and layouts.
+editor with its live preview and the figures per version, duplicating a template, versions with
+diff, a version's page (submit, approve, reject, test send), the approval queue and layouts.
 
 Previews are shown in `<iframe sandbox srcdoc=…>`: the marketer's HTML runs with no scripts and
 no access to the app's origin.
@@ -233,6 +233,31 @@ def template_archive(request: HttpRequest, template_id: int) -> HttpResponse:
     template = services.template_archive(template=_template(request, template_id), actor=_actor(request))
     messages.success(request, f"Template “{template.name}” archived.")
     return redirect("web:email-templates")
+
+
+@workspace_view(edit=True)
+@require_POST
+def template_duplicate(request: HttpRequest, template_id: int) -> HttpResponse:
+    """Copy the template (the newest version, or `version`) as a new template whose version 1 is a
+    draft: approval is never copied. An optional `name`; by default "<name> (copy)"."""
+    template = _template(request, template_id)
+    version = None
+    raw = request.POST.get("version", "").strip()
+    if raw:
+        if not raw.isdigit():
+            raise Http404("no such version")
+        _, version = _version(request, template_id, int(raw))
+    try:
+        copy = services.template_duplicate(template=template, actor=_actor(request), version=version,
+                                           name=request.POST.get("name", "").strip() or None)
+    except ServiceError as exc:
+        messages.error(request, str(exc))
+        if version is not None:
+            return redirect("web:email-version", template.pk, version.number)
+        return redirect("web:email-template", template.pk)
+    messages.success(request, f"“{copy.name}” created as a copy of “{template.name}”. Its version 1 is a draft: "
+                              "change it, then submit it for approval.")
+    return redirect("web:email-template", copy.pk)
 
 
 @workspace_view()
