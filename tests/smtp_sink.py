@@ -345,3 +345,28 @@ def dispatching_to_sink(public_url: str = "https://lf.example.com") -> Iterator[
         timer = NoWait()
         with dispatch.runtime_use(dispatch.Runtime(monotonic=timer.monotonic, sleep=timer.sleep)):
             yield server
+
+
+@contextmanager
+def sending_to_sink(workspace, public_url: str = "https://lf.example.com", *, from_name: str = "Acme",
+                    from_email: str = "news@acme.test",
+                    postal_address: str = "1 Main St, Springfield") -> Iterator[SmtpSink]:
+    """`dispatching_to_sink`, with `workspace`'s sender set and the sink as its default server
+    (no rate limit)."""
+    from leadflow.messaging.sending import messaging_settings_update, sending_server_create
+
+    with dispatching_to_sink(public_url) as server:
+        messaging_settings_update(workspace_id=workspace.pk, from_name=from_name, from_email=from_email,
+                                  postal_address=postal_address)
+        sending_server_create(workspace=workspace, name="Loopback", url=server.url, is_default=True,
+                              rate_per_second=0)
+        yield server
+
+
+def subjects_by_address(sink: SmtpSink) -> dict[str, list[str]]:
+    """Each recipient's received subjects, in the order they arrived."""
+    found: dict[str, list[str]] = {}
+    for received in sink.messages:
+        for rcpt in received.rcpt_tos:
+            found.setdefault(rcpt, []).append(str(received.message["Subject"]))
+    return found

@@ -9,51 +9,22 @@ import datetime as dt
 from collections import Counter
 
 import pytest
-from django.test import override_settings
 
 from leadflow.consent.models import ConsentRecord, Suppression
 from leadflow.messaging import broadcasts, dispatch
 from leadflow.messaging.events import message_event_record
 from leadflow.messaging.models import Message
-from leadflow.messaging.sending import messaging_settings_update, sending_server_create
 
-from smtp_sink import SmtpSink
+from smtp_sink import sending_to_sink, subjects_by_address
 from test_broadcasts import make_template, people, static_list
 
 pytestmark = pytest.mark.django_db
 
 
-class FakeTime:
-    """Monotonic time and a sleep that only advances it: the rate limiter never waits."""
-
-    def __init__(self):
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def sink(ws):
-    time = FakeTime()
-    with SmtpSink() as server, override_settings(PUBLIC_URL="https://lf.example.com"), \
-            dispatch.runtime_use(dispatch.Runtime(monotonic=time.monotonic, sleep=time.sleep)):
-        messaging_settings_update(workspace_id=ws.workspace.pk, from_name="Acme", from_email="news@acme.test",
-                                  postal_address="1 Main St, Springfield")
-        sending_server_create(workspace=ws.workspace, name="Loopback", url=server.url, is_default=True,
-                              rate_per_second=0)
+    with sending_to_sink(ws.workspace) as server:
         yield server
-
-
-def subjects_by_address(sink) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for received in sink.messages:
-        for rcpt in received.rcpt_tos:
-            found.setdefault(rcpt, []).append(str(received.message["Subject"]))
-    return found
 
 
 def test_an_ab_broadcast_end_to_end_through_the_dispatcher(ws, sink, frozen_clock):

@@ -19,9 +19,8 @@ from leadflow.messaging import broadcasts, content, dispatch
 from leadflow.messaging.models import (
     Broadcast, BroadcastVariant, Message, MessagingSettings, Template, TemplateVersion,
 )
-from leadflow.messaging.sending import messaging_settings_update, sending_server_create
 
-from smtp_sink import dispatching_to_sink
+from smtp_sink import sending_to_sink, subjects_by_address
 from test_broadcasts import click, make_template, people, static_list
 
 pytestmark = pytest.mark.django_db
@@ -367,20 +366,8 @@ def test_subject_variants_through_the_api(client, ws, other_ws, team, draft):
 
 @pytest.fixture
 def sink(ws):
-    with dispatching_to_sink() as server:
-        messaging_settings_update(workspace_id=ws.workspace.pk, from_name="Acme", from_email="news@acme.test",
-                                  postal_address="1 Main St, Springfield")
-        sending_server_create(workspace=ws.workspace, name="Loopback", url=server.url, is_default=True,
-                              rate_per_second=0)
+    with sending_to_sink(ws.workspace) as server:
         yield server
-
-
-def subjects_by_address(sink) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for received in sink.messages:
-        for rcpt in received.rcpt_tos:
-            found.setdefault(rcpt, []).append(str(received.message["Subject"]))
-    return found
 
 
 def test_a_subject_line_ab_test_end_to_end_through_the_dispatcher(ws, team, sink, frozen_clock):

@@ -15,13 +15,12 @@ from leadflow.contacts.models import Contact
 from leadflow.core.services import ServiceError, user_create
 from leadflow.messaging import dispatch
 from leadflow.messaging.models import Message, Template, TemplateVersion
-from leadflow.messaging.sending import messaging_settings_update, sending_server_create
 from leadflow.tracking.forms import form_save, magnet_save
 from leadflow.tracking.magnet_delivery import TEMPLATE_SLUG, magnet_deliveries_queue
 from leadflow.tracking.models import Event
 
 from conftest import post_batch
-from smtp_sink import dispatching_to_sink
+from smtp_sink import sending_to_sink
 
 pytestmark = pytest.mark.django_db
 
@@ -32,11 +31,7 @@ FIELDS = [{"name": "email", "label": "Email", "type": "email", "required": True}
 
 @pytest.fixture
 def sink(ws):
-    with dispatching_to_sink(PUBLIC) as server:
-        messaging_settings_update(workspace_id=ws.workspace.pk, from_name="Acme Wealth", from_email="hello@acme.test",
-                                  postal_address="1 Main St, Springfield")
-        sending_server_create(workspace=ws.workspace, name="Loopback", url=server.url, is_default=True,
-                              rate_per_second=0)
+    with sending_to_sink(ws.workspace, PUBLIC, from_name="Acme Wealth", from_email="hello@acme.test") as server:
         yield server
 
 
