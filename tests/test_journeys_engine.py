@@ -196,6 +196,27 @@ def test_versions_people_in_flight_finish_on_theirs_unless_migrated(ws, frozen_c
     assert services.journey_apply(workspace=ws.workspace, data=changed, actor="t")[2] is False, "same file: no change"
 
 
+def test_goals_are_those_of_the_version_each_person_is_on(ws, frozen_clock):
+    """People finish on the version they entered, its goals included: a goal a new version drops
+    still ends the people on the old one, and a goal it adds applies only to its own people."""
+    template(ws, "thanks")
+    template(ws, "video")
+    journey = apply(ws, nurture(goals=[{"name": "Booked a demo", "event": "Demo Booked"}]))
+    send(ws, identify("old1", email="old1@example.com"), identify("old2", email="old2@example.com"),
+         identify("new1", email="new1@example.com"), identify("new2", email="new2@example.com"))
+    send(ws, *(track(who, "Asset Downloaded", magnet_slug="retirement-guide") for who in ("old1", "old2")))
+    journey = apply(ws, nurture(goals=[{"name": "Customer", "filter": {"field": "traits.plan", "op": "eq",
+                                                                        "value": "paid"}}]))
+    assert journey.version.number == 2
+    send(ws, *(track(who, "Asset Downloaded", magnet_slug="retirement-guide") for who in ("new1", "new2")))
+    send(ws, track("old1", "Demo Booked"), track("new1", "Demo Booked"))
+    assert states(journey) == {"old1": "converted", "old2": "active", "new1": "active", "new2": "active"}
+    send(ws, identify("old2", plan="paid"), identify("new2", plan="paid"))
+    assert states(journey) == {"old1": "converted", "old2": "active", "new1": "active", "new2": "converted"}
+    step = EnrollmentStep.objects.get(journey=journey, kind="converted", enrollment__contact__user_id="new2")
+    assert step.detail["goal"] == "Customer"
+
+
 def test_pausing_holds_everyone_and_resuming_carries_on_once(ws, frozen_clock):
     template(ws, "thanks")
     template(ws, "video")

@@ -255,13 +255,16 @@ def system_events_seen(*, workspace_id: int, appended: list[tuple[int, int, str,
 def records_process(*, workspace_id: int, records: list[Record], now: dt.datetime, scores: bool = False) -> None:
     """Wake the waiting, apply goals and exit rules in every journey people are in (live, paused
     or draining: a person who converts while a journey is paused leaves it then, not at the
-    resume), and enter people into live journeys (`scores`: score and grade crossings too)."""
+    resume), and enter people into live journeys (`scores`: score and grade crossings too).
+    Goals and exit rules are those of the version each person is on (people finish on the
+    version they entered)."""
     journeys = live_journeys(workspace_id, statuses=WITH_PEOPLE)
     contact_ids = sorted({r.contact_id for r in records})
     _wake(workspace_id, records, now)
     if not journeys:
         return
-    _event_goals(journeys, records, now)
+    goal_versions = _goal_versions(journeys)
+    _event_goals(goal_versions, records, now)
     live = [j for j in journeys if j.journey.status == JourneyStatus.LIVE]
     for journey in live:
         entries = []
@@ -274,7 +277,30 @@ def records_process(*, workspace_id: int, records: list[Record], now: dt.datetim
                    entries=[(contacts[c], key, ctx) for c, key, ctx in entries if c in contacts])
     if scores:
         thresholds_cross(live, contact_ids=contact_ids, now=now)
-    _filter_goals(journeys, contact_ids, now)
+    _filter_goals(goal_versions, contact_ids, now)
+
+
+def _goal_versions(journeys: list[Live]) -> dict[int, tuple[int, lang.Definition]]:
+    """Version id → (journey id, definition), for every version of these journeys that was ever
+    published (the only ones people can be on) and has a goal or an exit rule: one query."""
+    from leadflow.journeys.models import JourneyVersion
+
+    found = {}
+    for version in JourneyVersion.objects.filter(journey_id__in=[j.journey.pk for j in journeys],
+                                                 published_at__isnull=False).only("pk", "journey_id", "definition"):
+        definition = version_definition(version)
+        if definition.goals or definition.exit_when:
+            found[version.pk] = (version.journey_id, definition)
+    return found
+
+
+def _active_on(versions: dict[int, tuple[int, lang.Definition]], wanted: set[int], contact_ids) -> list[Enrollment]:
+    """The active enrollments of these contacts on the `wanted` versions, locked."""
+    if not wanted or not contact_ids:
+        return []
+    return list(Enrollment.objects.select_for_update().filter(
+        journey_id__in={versions[v][0] for v in wanted}, version_id__in=wanted, contact_id__in=list(contact_ids),
+        state=EnrollmentState.ACTIVE).order_by("pk"))
 
 
 def _wake(workspace_id: int, records: list[Record], now: dt.datetime) -> None:
@@ -305,27 +331,18 @@ def _wake(workspace_id: int, records: list[Record], now: dt.datetime) -> None:
     rows_update(Enrollment, woken, ["resume", "wait_event", "due_at", "updated_at"])
 
 
-def _active_in(journeys: list[Live], contact_ids) -> list[Enrollment]:
-    if not journeys or not contact_ids:
-        return []
-    return list(Enrollment.objects.select_for_update().filter(
-        journey_id__in=[j.journey.pk for j in journeys], contact_id__in=list(contact_ids),
-        state=EnrollmentState.ACTIVE).order_by("pk"))
-
-
-def _event_goals(journeys: list[Live], records: list[Record], now: dt.datetime) -> None:
-    with_events = [j for j in journeys if any(g.event for g in (*j.definition.goals, *j.definition.exit_when))]
+def _event_goals(versions: dict[int, tuple[int, lang.Definition]], records: list[Record],
+                 now: dt.datetime) -> None:
     names = {r.name for r in records}
-    with_events = [j for j in with_events
-                   if any(g.event in names for g in (*j.definition.goals, *j.definition.exit_when))]
+    with_events = {version_id for version_id, (_, definition) in versions.items()
+                   if any(g.event in names for g in (*definition.goals, *definition.exit_when))}
     if not with_events:
         return
     by_contact: dict[int, list[Record]] = defaultdict(list)
     for r in records:
         by_contact[r.contact_id].append(r)
-    definitions = {j.journey.pk: j.definition for j in with_events}
-    for e in _active_in(with_events, by_contact):
-        definition = definitions[e.journey_id]
+    for e in _active_on(versions, with_events, by_contact):
+        definition = versions[e.version_id][1]
         for key, state, kind in (("goals", EnrollmentState.CONVERTED, StepKind.CONVERTED),
                                  ("exit_when", EnrollmentState.EXITED, StepKind.EXITED)):
             goal = next((g for g in getattr(definition, key) if g.event and any(
@@ -338,19 +355,17 @@ def _event_goals(journeys: list[Live], records: list[Record], now: dt.datetime) 
                 break
 
 
-def _filter_goals(journeys: list[Live], contact_ids: list[int], now: dt.datetime) -> None:
+def _filter_goals(versions: dict[int, tuple[int, lang.Definition]], contact_ids: list[int],
+                  now: dt.datetime) -> None:
     from leadflow.journeys.goals import filter_outcomes
 
-    with_filters = [j for j in journeys if any(g.filter for g in (*j.definition.goals, *j.definition.exit_when))]
-    active = _active_in(with_filters, contact_ids)
-    by_journey: dict[int, list[Enrollment]] = defaultdict(list)
-    for e in active:
-        by_journey[e.journey_id].append(e)
-    for live in with_filters:
-        rows = by_journey.get(live.journey.pk)
-        if not rows:
-            continue
-        outcomes = filter_outcomes(live.definition, workspace_id=live.journey.workspace_id,
+    with_filters = {version_id for version_id, (_, definition) in versions.items()
+                    if any(g.filter for g in (*definition.goals, *definition.exit_when))}
+    by_version: dict[int, list[Enrollment]] = defaultdict(list)
+    for e in _active_on(versions, with_filters, contact_ids):
+        by_version[e.version_id].append(e)
+    for version_id, rows in by_version.items():
+        outcomes = filter_outcomes(versions[version_id][1], workspace_id=rows[0].workspace_id,
                                    contact_ids=sorted({e.contact_id for e in rows}), now=now)
         for state in (EnrollmentState.CONVERTED, EnrollmentState.EXITED):
             ending = [e for e in rows if outcomes.get(e.contact_id, ("",))[0] == state]
