@@ -80,3 +80,33 @@ def test_sqlite_runs_in_wal_mode():
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA journal_mode")
         assert cursor.fetchone()[0].lower() == "wal"
+
+
+def test_smtp_url_forms_and_errors():
+    assert config.parse_smtp_url("") is None
+    assert config.parse_smtp_url("smtp://mail%40acme:p%2Fss@relay.example.com:587") == {
+        "host": "relay.example.com", "port": 587, "user": "mail@acme", "password": "p/ss", "ssl": False}
+    assert config.parse_smtp_url("smtps://relay.example.com") == {
+        "host": "relay.example.com", "port": 465, "user": "", "password": "", "ssl": True}
+    assert config.parse_smtp_url("smtp://localhost")["port"] == 25
+    for bad in ("http://relay.example.com", "relay.example.com:25", "smtp://"):
+        with pytest.raises(config.ConfigError, match="LEADFLOW_SMTP_URL"):
+            config.parse_smtp_url(bad)
+
+
+def test_leadflow_smtp_url_becomes_the_default_sending_server(tmp_path):
+    """From the environment to the server a blank sending-server URL means, in a fresh process."""
+    import subprocess
+    import sys
+
+    script = ("import django, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'leadflow.settings'; django.setup(); "
+              "from leadflow.messaging import smtp; c = smtp.default_config(); "
+              "print(c.host, c.port, c.user, c.password, c.implicit_tls, c.timeout, c.file_path or '-')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")}
+    env.update(LEADFLOW_DATA_DIR=str(tmp_path), LEADFLOW_SECRET_KEY="x" * 40,
+               LEADFLOW_SMTP_URL="smtps://mailer:s%3Acret@relay.example.com:2465?timeout=7")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["relay.example.com", "2465", "mailer", "s:cret", "True", "7.0", "-"]
+    del env["LEADFLOW_SMTP_URL"]
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[-1] == str(tmp_path / "sent-mail"), "without it, messages are files in the data folder"
