@@ -15,12 +15,13 @@ from leadflow.contacts.models import Contact
 from leadflow.core.services import ServiceError, user_create
 from leadflow.messaging import dispatch
 from leadflow.messaging.models import Message, Template, TemplateVersion
+from leadflow.messaging.sending import sending_server_create
 from leadflow.tracking.forms import form_save, magnet_save
 from leadflow.tracking.magnet_delivery import TEMPLATE_SLUG, magnet_deliveries_queue
 from leadflow.tracking.models import Event
 
 from conftest import post_batch
-from smtp_sink import sending_to_sink
+from smtp_sink import dispatching_to_sink, sending_to_sink
 
 pytestmark = pytest.mark.django_db
 
@@ -208,3 +209,28 @@ def test_the_api_and_the_web_page_set_email_delivery(ws, guide, client):
     assert magnet.email_delivery is False  # an unticked box turns it off
     page = web.get("/magnets/").content.decode()
     assert "Delivery emails" in page and "email delivery is off" in page
+
+
+def test_on_a_fresh_install_without_a_sender_the_email_waits_then_goes(ws, guide, client, process, frozen_clock):
+    """Before anyone sets a From address, LEADFLOW_EMAIL_FROM's default (leadflow@localhost) cannot
+    go on the wire: the delivery waits in the outbox, with the reason, and goes once it is set."""
+    from leadflow.messaging.sending import messaging_settings_update, sending_status
+
+    _, form = guide
+    with dispatching_to_sink(PUBLIC) as server:
+        sending_server_create(workspace=ws.workspace, name="Loopback", url=server.url, is_default=True,
+                              rate_per_second=0)
+        assert any("waits in the outbox" in w for w in sending_status(workspace=ws.workspace)["warnings"])
+        _submit(client, ws, form)
+        process()
+        dispatch.dispatch_run()
+        [waiting] = Message.objects.filter(workspace=ws.workspace)
+        assert (waiting.status, waiting.attempts) == ("deferred", 0)
+        assert "Email → Sending → Settings" in waiting.error and server.messages == []
+        messaging_settings_update(workspace_id=ws.workspace.pk, from_name="Acme", from_email="hello@acme.test")
+        dispatch.dispatch_run()
+        assert server.messages == [], "it waits its five minutes"
+        frozen_clock.advance(minutes=5)
+        dispatch.dispatch_run()
+        assert [m.rcpt_tos for m in server.messages] == [["rui@example.com"]]
+        assert Message.objects.get(pk=waiting.pk).status == "sent"

@@ -59,6 +59,7 @@ from leadflow.messaging.models import (Broadcast, BroadcastStatus, Message, Mess
 log = logging.getLogger(__name__)
 
 CLAIM_HORIZON_SECONDS = 5.0  # claim what the rate limit lets out in this long
+SENDER_RETRY = dt.timedelta(minutes=5)  # mail of a workspace without a usable From address waits this long
 CLAIM_CHUNK = 100  # messages claimed per transaction
 FLUSH_EVERY = 100  # write results to the database every this many messages
 DUE = (MessageStatus.QUEUED, MessageStatus.DEFERRED)
@@ -426,6 +427,7 @@ class _Senders:
 
     rt: Runtime
     cache: dict[int, tuple[mime.Sender, str]] = field(default_factory=dict)
+    unusable: dict[int, str] = field(default_factory=dict)  # workspace → why its mail cannot go out yet
 
     def load(self, workspace_ids: set[int]) -> None:
         from leadflow.core.models import Workspace
@@ -444,6 +446,11 @@ class _Senders:
                    SendingDomain.objects.filter(workspace_id__in=missing,
                                                 domain__in={v[2] for v in wanted.values()})}
         for w, (name, address, domain_name, reply_to) in wanted.items():
+            try:
+                mime.address_check(address)
+            except mime.MimeError as exc:
+                self.unusable[w] = (f"waiting for a sender: the From address cannot be used ({exc}); set it under "
+                                    f"Email → Sending → Settings")
             domain = domains.get((w, domain_name))
             signer = self.rt.signer(domain) if domain is not None else None
             bounce = (domain.bounce_domain if domain is not None and domain.bounce_domain else domain_name)
@@ -462,6 +469,10 @@ def _prepare(message: Message, senders: _Senders, now: dt.datetime) -> tuple[mim
     from leadflow.core.services import ServiceError
     from leadflow.messaging.rendering import message_render
 
+    held = senders.unusable.get(message.workspace_id)
+    if held:  # a setup problem, not this message's: it waits, without using up an attempt
+        return Outcome(message, MessageStatus.DEFERRED, held, MessageEventKind.DEFERRED, {"stage": "sender"},
+                       not_before=now + SENDER_RETRY)
     try:
         rendered = message_render(message=message)
     except Exception as exc:  # one message that cannot render must not stop the queue behind it

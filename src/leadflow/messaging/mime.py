@@ -221,6 +221,12 @@ def _single_line(value: str) -> str:
     return " ".join(str(value).split())
 
 
+def address_check(value: str) -> str:
+    """`value` if it can go on the wire as an address (one @, a dotted domain, no spaces or
+    brackets); MimeError otherwise."""
+    return _check_address(value)
+
+
 def _check_address(value: str) -> str:
     value = value.strip()
     if not value or _ADDRESS_REFUSED.search(value) or value.count("@") != 1:

@@ -25,7 +25,7 @@ from leadflow.config import ConfigError
 from leadflow.core import clock
 from leadflow.core.models import Workspace
 from leadflow.core.services import ServiceError, audit_record
-from leadflow.messaging import smtp
+from leadflow.messaging import mime, smtp
 from leadflow.messaging.models import Message, MessageStatus, MessagingSettings, SendingDomain, SendingServer
 
 DEFAULT_SERVER_NAME = "Default"
@@ -513,9 +513,15 @@ def sending_status(*, workspace: Workspace) -> dict:
     name, address = sender_address(row)
     from_domain = address.rpartition("@")[2].lower()
     warnings = []
-    if not row.from_email:
-        warnings.append(f"No sender address is set: mail goes out from {address} (LEADFLOW_EMAIL_FROM). "
-                        "Set the From address in the messaging settings.")
+    try:
+        mime.address_check(address)
+    except mime.MimeError:
+        warnings.append(f"No sender address is usable: {address or '(none)'} cannot be a From address, so mail "
+                        "waits in the outbox. Set the From address in the messaging settings.")
+    else:
+        if not row.from_email:
+            warnings.append(f"No sender address is set: mail goes out from {address} (LEADFLOW_EMAIL_FROM). "
+                            "Set the From address in the messaging settings.")
     if from_domain and not SendingDomain.objects.filter(workspace=workspace, domain=from_domain).exists():
         warnings.append(f"The From domain {from_domain} has no sending domain: mail goes out without a DKIM "
                         "signature and will fail DMARC. Add the domain and publish its DNS records.")
