@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import os
 import re
 import signal
@@ -9,7 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import orjson
 import pytest
@@ -104,6 +108,7 @@ def test_up_serves_web_api_and_worker_and_stops_on_ctrl_c(env):
                 break
         banner = "".join(lines)
         assert f"http://127.0.0.1:{port}/" in banner
+        assert f"links in email point to http://127.0.0.1:{port}/" in banner, "absolute links without configuration"
         admin = re.search(r"admin login: (\S+) / (\S+)", banner)
         write_key = re.search(r"write key for workspace 'default': (lfw_\S+)", banner)
         assert admin and write_key, banner
@@ -120,6 +125,27 @@ def test_up_serves_web_api_and_worker_and_stops_on_ctrl_c(env):
 
         items = _wait_for(visible, "the worker to build the profile")
         assert items[0]["user_id"] == "first-user"
+
+        # A lead magnet asked for on a hosted form arrives by email (a file in the data folder
+        # without LEADFLOW_SMTP_URL), its link absolute on the server's own URL.
+        api = f"http://127.0.0.1:{port}/api"
+        auth = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+        for method, path, body in [
+                ("PATCH", "/email/sending/settings", {"from_name": "Acme", "from_email": "hello@acme.example"}),
+                ("POST", "/magnets", {"name": "Pricing guide", "delivery_url": "https://acme.example/p.pdf"}),
+                ("POST", "/forms", {"name": "Guide", "slug": "guide", "lead_magnet": "pricing-guide",
+                                    "fields": [{"name": "email", "label": "Email", "type": "email"}]})]:
+            request = urllib.request.Request(api + path, data=orjson.dumps(body), headers=auth, method=method)
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                assert resp.status in (200, 201)
+        form = urllib.parse.urlencode({"email": "zoe@example.org", "lf_aid": "v-1"}).encode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/f/default/guide/", data=form, timeout=10) as resp:
+            assert resp.status == 200
+        mail_dir = Path(env["LEADFLOW_DATA_DIR"]) / "sent-mail"
+        [eml] = _wait_for(lambda: list(mail_dir.glob("*.eml")) if mail_dir.is_dir() else [], "the delivery email")
+        mail = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+        assert mail["To"] == "zoe@example.org" and mail["Subject"] == "Your ebook: Pricing guide"
+        assert f"http://127.0.0.1:{port}/e/c/" in mail.get_body(preferencelist=("plain",)).get_content()
         status, body = _get(f"http://127.0.0.1:{port}/login/")
         assert status == 200
     finally:

@@ -25,6 +25,9 @@ class Command(BaseCommand):
         created = bootstrap(admin_username=admin_username)
         workspace = created["workspace_existing"]
         url = f"http://{host}:{port}/"
+        if not os.environ.get("LEADFLOW_PUBLIC_URL"):
+            # Email carries absolute links (tracking, unsubscribe, downloads): on a laptop, this server.
+            os.environ["LEADFLOW_PUBLIC_URL"] = settings.PUBLIC_URL = url.rstrip("/")
         out = self.stdout
         out.write(f"LeadFlow is starting on {url}")
         out.write(f"  database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]} "
@@ -35,6 +38,7 @@ class Command(BaseCommand):
         if "write_key" in created:
             out.write(f"  write key for workspace '{workspace.slug}': {created['write_key']}   (shown once)")
         out.write(f"  tracking API: {url}v1/batch    management API docs: {url}api/docs")
+        out.write(f"  links in email point to {settings.PUBLIC_URL}/ (LEADFLOW_PUBLIC_URL)")
         out.write("  press Ctrl-C to stop")
         self.stdout.flush()
         worker = subprocess.Popen([sys.executable, "-m", "leadflow", "worker"], env=os.environ.copy())
