@@ -1,6 +1,7 @@
 """Inbound channels for bounces and complaints: the raw MIME endpoint, Amazon SES (SNS) and
-Postmark webhooks (each authenticated by the workspace's write key), and the bounce mailbox
-poller over a Maildir, IMAP and POP3 (small protocol servers on loopback)."""
+Postmark webhooks (each authenticated by a workspace hook key; tests/test_hook_keys.py shows
+every other kind of key refused), and the bounce mailbox poller over a Maildir, IMAP and POP3
+(small protocol servers on loopback)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from django.test import override_settings
 
 from leadflow.consent.models import ConsentRecord, Suppression
+from leadflow.core.services import api_key_create
 from leadflow.core.pipeline import timers_run
 from leadflow.messaging.bounces import mailbox_poll_run
 from leadflow.messaging.models import MessageEvent, MessageEventKind, MessageStatus
@@ -23,6 +25,17 @@ from test_bounces import ARF_COMPLAINT, EXIM_MAILBOX_FULL, POSTFIX_USER_UNKNOWN,
 from test_email_tracking import make_contact, sent_message
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def hook(ws) -> str:
+    """A hook key (lfh_…) of the `ws` workspace."""
+    return api_key_create(workspace=ws.workspace, kind="hook")[1]
+
+
+@pytest.fixture
+def other_hook(other_ws) -> str:
+    return api_key_create(workspace=other_ws.workspace, kind="hook")[1]
 
 
 def basic(key: str, *, as_password: bool = False) -> str:
@@ -36,21 +49,21 @@ def events(message, kind) -> int:
 
 # --- /hooks/email/inbound -------------------------------------------------------------------------------
 
-def test_inbound_mime_needs_the_write_key_and_applies_the_bounce(client, ws, other_ws, frozen_clock):
+def test_inbound_mime_needs_a_hook_key_and_applies_the_bounce(client, ws, hook, other_hook, frozen_clock):
     message = sent_message(ws, make_contact(ws, "ada@example.com"))
     raw = fill(POSTFIX_USER_UNKNOWN, message=message)
     url = "/hooks/email/inbound"
     assert client.post(url, raw, content_type="message/rfc822").status_code == 401
-    assert client.post(url, raw, content_type="message/rfc822",
-                       HTTP_AUTHORIZATION=basic(ws.secret_key)).status_code == 401  # the write key only
-    assert client.post(url + "?key=lfw_wrong", raw, content_type="message/rfc822").status_code == 401
-    assert client.get(url, HTTP_AUTHORIZATION=basic(ws.write_key)).status_code == 405
-    # Another workspace's key: accepted, but it cannot touch this workspace's message.
-    foreign = client.post(url, raw, content_type="message/rfc822", HTTP_AUTHORIZATION=basic(other_ws.write_key))
+    for wrong in (ws.write_key, ws.secret_key, "lfh_wrong"):  # hook keys only
+        assert client.post(url, raw, content_type="message/rfc822",
+                           HTTP_AUTHORIZATION=basic(wrong)).status_code == 401
+    assert client.get(url, HTTP_AUTHORIZATION=basic(hook)).status_code == 405
+    # Another workspace's hook key: accepted, but it cannot touch this workspace's message.
+    foreign = client.post(url, raw, content_type="message/rfc822", HTTP_AUTHORIZATION=basic(other_hook))
     assert foreign.status_code == 200 and foreign.json()["outcomes"][0]["message_id"] is None
     assert not Suppression.objects.exists()
 
-    response = client.post(url, raw, content_type="message/rfc822", HTTP_AUTHORIZATION=basic(ws.write_key))
+    response = client.post(url, raw, content_type="message/rfc822", HTTP_AUTHORIZATION=basic(hook))
     assert response.status_code == 200
     body = response.json()
     assert body["kind"] == "bounce"
@@ -60,11 +73,11 @@ def test_inbound_mime_needs_the_write_key_and_applies_the_bounce(client, ws, oth
     message.refresh_from_db()
     assert message.status == MessageStatus.BOUNCED
     # The key as the Basic password, or as ?key=, works too; a repeat changes nothing.
-    again = client.post(url, raw, content_type="message/rfc822", HTTP_AUTHORIZATION=basic(ws.write_key, as_password=True))
+    again = client.post(url, raw, content_type="message/rfc822", HTTP_AUTHORIZATION=basic(hook, as_password=True))
     assert again.json()["outcomes"][0]["duplicate"] is True
-    assert client.post(f"{url}?key={ws.write_key}", raw, content_type="message/rfc822").status_code == 200
+    assert client.post(f"{url}?key={hook}", raw, content_type="message/rfc822").status_code == 200
     assert events(message, MessageEventKind.BOUNCED) == 1
-    empty = client.post(url, b"", content_type="message/rfc822", HTTP_AUTHORIZATION=basic(ws.write_key))
+    empty = client.post(url, b"", content_type="message/rfc822", HTTP_AUTHORIZATION=basic(hook))
     assert empty.status_code == 400 and empty.json()["detail"] == "the message is empty"
 
 
@@ -83,21 +96,21 @@ def ses_mail(message, *, verp_source: bool = True) -> dict:
             "commonHeaders": {"messageId": message.header_message_id, "subject": "Spring offer"}}
 
 
-def post_ses(client, ws, body: bytes):
+def post_ses(client, hook: str, body: bytes):
     return client.post("/hooks/email/ses", body, content_type="text/plain; charset=UTF-8",
-                       HTTP_AUTHORIZATION=basic(ws.write_key))
+                       HTTP_AUTHORIZATION=basic(hook))
 
 
-def test_ses_subscription_confirmation_returns_the_url_and_fetches_nothing(client, ws):
+def test_ses_subscription_confirmation_returns_the_url_and_fetches_nothing(client, hook):
     body = orjson.dumps({"Type": "SubscriptionConfirmation", "MessageId": "c1", "Token": "t",
                          "SubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=t"})
-    response = post_ses(client, ws, body)
+    response = post_ses(client, hook, body)
     assert response.status_code == 200
     assert response.json()["subscribe_url"].endswith("Action=ConfirmSubscription&Token=t")
     assert "confirm" in response.json()["note"]
 
 
-def test_ses_bounces_complaints_and_deliveries(client, ws, frozen_clock):
+def test_ses_bounces_complaints_and_deliveries(client, ws, hook, frozen_clock):
     ada, bo, cy, dee = (make_contact(ws, f"{n}@example.com") for n in ("ada", "bo", "cy", "dee"))
     hard, soft, complained, delivered = (sent_message(ws, c) for c in (ada, bo, cy, dee))
     permanent = {"notificationType": "Bounce", "mail": ses_mail(hard), "bounce": {
@@ -113,9 +126,9 @@ def test_ses_bounces_complaints_and_deliveries(client, ws, frozen_clock):
     delivery = {"notificationType": "Delivery", "mail": ses_mail(delivered), "delivery": {
         "recipients": ["dee@example.com"], "smtpResponse": "250 2.0.0 OK", "timestamp": "2026-03-02T09:00:02Z"}}
     for n, notification in enumerate((permanent, transient, complaint, delivery)):
-        response = post_ses(client, ws, sns(notification, message_id=f"sns-{n}"))
+        response = post_ses(client, hook, sns(notification, message_id=f"sns-{n}"))
         assert response.status_code == 200, response.content
-    assert [o["outcome"] for o in post_ses(client, ws, sns(permanent)).json()["outcomes"]] == ["hard"]
+    assert [o["outcome"] for o in post_ses(client, hook, sns(permanent)).json()["outcomes"]] == ["hard"]
     assert events(hard, MessageEventKind.BOUNCED) == 1  # the SNS retry was a duplicate
     assert Suppression.objects.get(email="ada@example.com").reason == "hard_bounce"
     assert events(soft, MessageEventKind.SOFT_BOUNCED) == 1  # mapped by Message-ID (no VERP source)
@@ -125,10 +138,10 @@ def test_ses_bounces_complaints_and_deliveries(client, ws, frozen_clock):
     delivered.refresh_from_db()
     assert delivered.status == MessageStatus.DELIVERED and delivered.delivered_at == frozen_clock.current
     # Straight SES JSON (no SNS envelope) is accepted too; nonsense is a clear 400.
-    assert post_ses(client, ws, orjson.dumps(delivery)).status_code == 200
-    bad = post_ses(client, ws, b"{not json")
+    assert post_ses(client, hook, orjson.dumps(delivery)).status_code == 200
+    bad = post_ses(client, hook, b"{not json")
     assert bad.status_code == 400 and bad.json()["detail"].startswith("malformed JSON")
-    assert post_ses(client, ws, orjson.dumps({"Type": "Notification", "Message": "{}"})).status_code == 400
+    assert post_ses(client, hook, orjson.dumps({"Type": "Notification", "Message": "{}"})).status_code == 400
 
 
 def test_ses_notification_by_email_reads_like_the_webhook(ws, frozen_clock):
@@ -147,15 +160,15 @@ def test_ses_notification_by_email_reads_like_the_webhook(ws, frozen_clock):
 
 # --- Postmark -----------------------------------------------------------------------------------------------
 
-def post_postmark(client, ws, body: dict, *, query_key: bool = False):
+def post_postmark(client, hook: str, body: dict, *, query_key: bool = False):
     if query_key:
-        return client.post(f"/hooks/email/postmark?key={ws.write_key}", orjson.dumps(body),
+        return client.post(f"/hooks/email/postmark?key={hook}", orjson.dumps(body),
                            content_type="application/json")
     return client.post("/hooks/email/postmark", orjson.dumps(body), content_type="application/json",
-                       HTTP_AUTHORIZATION=basic(ws.write_key))
+                       HTTP_AUTHORIZATION=basic(hook))
 
 
-def test_postmark_bounces_complaints_and_deliveries(client, ws, frozen_clock):
+def test_postmark_bounces_complaints_and_deliveries(client, ws, hook, frozen_clock):
     ada, bo, cy, dee = (make_contact(ws, f"{n}@example.com") for n in ("ada", "bo", "cy", "dee"))
     hard, soft, complained, delivered = (sent_message(ws, c) for c in (ada, bo, cy, dee))
     base = {"RecordType": "Bounce", "MessageStream": "outbound", "ServerID": 23, "Tag": "",
@@ -174,16 +187,16 @@ def test_postmark_bounces_complaints_and_deliveries(client, ws, frozen_clock):
                      "Metadata": {"lf_message": verp_local(delivered.pk)}}, "delivered"),
     ]
     for message, body, outcome in cases:
-        response = post_postmark(client, ws, body, query_key=outcome == "complaint")
+        response = post_postmark(client, hook, body, query_key=outcome == "complaint")
         assert response.status_code == 200, response.content
         assert [(o["outcome"], o["message_id"]) for o in response.json()["outcomes"]] == [(outcome, message.pk)]
     assert Suppression.objects.get(email="ada@example.com").reason == "hard_bounce"
     assert events(soft, MessageEventKind.SOFT_BOUNCED) == 1 and not Suppression.objects.filter(email="bo@example.com")
     assert Suppression.objects.get(email="cy@example.com").reason == "complaint"
     assert MessageEvent.objects.filter(message=delivered, kind=MessageEventKind.DELIVERED).count() == 1
-    ignored = post_postmark(client, ws, {**base, "ID": 5, "Type": "AutoResponder", "Email": "ada@example.com"})
+    ignored = post_postmark(client, hook, {**base, "ID": 5, "Type": "AutoResponder", "Email": "ada@example.com"})
     assert ignored.status_code == 200 and "needs no action" in ignored.json()["note"]
-    assert post_postmark(client, ws, {"hello": "world"}).status_code == 400
+    assert post_postmark(client, hook, {"hello": "world"}).status_code == 400
     assert client.post("/hooks/email/postmark", b"{}", content_type="application/json").status_code == 401
 
 

@@ -68,6 +68,19 @@ def test_keys_create_prints_the_key_alone(env):
     assert missing.returncode != 0 and "no workspace with the slug 'nope'" in missing.stderr
 
 
+def test_keys_create_hook_key(env):
+    run(env, "migrate")
+    run(env, "workspaces", "create", "Acme", "--slug", "acme")
+    hook = run(env, "keys", "create", "--kind", "hook", "--workspace", "acme", "--name", "ses").stdout
+    assert re.fullmatch(r"lfh_[A-Za-z0-9_-]{20,}\n", hook)
+    listing = run(env, "keys", "list", "--workspace", "acme").stdout
+    assert re.search(rf"{re.escape(hook[:10])}…\s+hook\s+active\s+\S+\s+ses", listing)
+    assert hook.strip() not in listing
+    assert "hook" in run(env, "keys", "create", "--help").stdout
+    bad = run(env, "keys", "create", "--kind", "admin", "--workspace", "acme", check=False)
+    assert bad.returncode != 0 and "invalid choice: 'admin'" in bad.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

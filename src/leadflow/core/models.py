@@ -43,6 +43,7 @@ class Membership(models.Model):
 class KeyKind(models.TextChoices):
     WRITE = "write", "Write key (ingestion only)"
     SECRET = "secret", "Secret key (management API)"
+    HOOK = "hook", "Hook key (inbound bounce and complaint notifications only)"
 
 
 class ApiKey(models.Model):

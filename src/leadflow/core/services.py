@@ -13,7 +13,9 @@ from django.utils.text import slugify
 from leadflow.core import clock
 from leadflow.core.models import ApiKey, AuditEntry, KeyKind, Membership, RateHit, Role, Workspace
 
-KEY_PREFIXES = {KeyKind.WRITE: "lfw_", KeyKind.SECRET: "lfs_"}
+# The prefix says what a key is for (and lets secret scanners spot a leaked one): write keys are
+# public (they sit in every page's tracking snippet), secret and hook keys stay on servers.
+KEY_PREFIXES = {KeyKind.WRITE: "lfw_", KeyKind.SECRET: "lfs_", KeyKind.HOOK: "lfh_"}
 
 
 class ServiceError(ValueError):
@@ -57,7 +59,8 @@ def workspace_create(*, name: str, slug: str | None = None) -> Workspace:
 def api_key_create(*, workspace: Workspace, kind: str, name: str = "", actor: str = "system") -> tuple[ApiKey, str]:
     """Create a key and return it with the raw secret, which is never stored or shown again."""
     if kind not in KEY_PREFIXES:
-        raise ServiceError(f"key kind must be 'write' or 'secret', not {kind!r}")
+        raise ServiceError(f"key kind must be one of {', '.join(repr(k.value) for k in KEY_PREFIXES)}, "
+                           f"not {kind!r}")
     raw = KEY_PREFIXES[KeyKind(kind)] + secrets.token_urlsafe(24)
     key = ApiKey.objects.create(
         workspace=workspace, kind=kind, name=name, prefix=raw[:10], key_hash=key_hash(raw)
@@ -76,14 +79,25 @@ def api_key_revoke(*, key: ApiKey, actor: str = "system") -> ApiKey:
 
 
 def api_key_authenticate(*, raw: str, kind: str) -> ApiKey | None:
-    """The active key of that kind matching `raw`, with its workspace, or None."""
-    if not raw or len(raw) > 200:
+    """The active key of exactly that kind matching `raw`, with its workspace, or None: a key of
+    another kind never authenticates (a hook key cannot ingest, a write key cannot manage)."""
+    if kind not in KEY_PREFIXES:
+        raise ValueError(f"unknown key kind {kind!r}")
+    if not isinstance(raw, str) or not raw or len(raw) > 200:
         return None
     return (
         ApiKey.objects.select_related("workspace")
         .filter(key_hash=key_hash(raw), kind=kind, revoked_at__isnull=True)
         .first()
     )
+
+
+def api_key_kind_claimed(*, raw: str) -> str | None:
+    """The kind a raw key's prefix claims (`lfw_…` is "write"), whether or not the key exists;
+    for error messages that tell someone they used the wrong kind of key. Never authenticates."""
+    if not isinstance(raw, str):
+        return None
+    return next((kind.value for kind, prefix in KEY_PREFIXES.items() if raw.startswith(prefix)), None)
 
 
 def user_create(*, username: str, password: str, email: str = "", workspace: Workspace | None = None,

@@ -1,8 +1,10 @@
 """Public email endpoints: the open pixel, the click redirect, and inbound bounces and provider
 webhooks. Thin: read the request, call `links` / `bounces` / `webhooks_in`, answer.
 
-The pixel and the redirect need no login (the signed token is the authority); the hooks take the
-workspace's write key as the HTTP Basic user or password, or as `?key=`.
+The pixel and the redirect need no login (the signed token is the authority); the hooks take a
+workspace **hook key** (`lfh_…`) as the HTTP Basic user or password, or as `?key=`. Write keys
+are public (every page's tracking snippet holds one), so they are refused here: with one, anyone
+could forge bounces and complaints that suppress addresses and withdraw marketing consent.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.views.decorators.csrf import csrf_exempt
 
 from leadflow.core.models import KeyKind
-from leadflow.core.services import ServiceError, api_key_authenticate
+from leadflow.core.services import ServiceError, api_key_authenticate, api_key_kind_claimed
 from leadflow.messaging import bounces, links, webhooks_in
 from leadflow.messaging.tokens import BadToken
 
@@ -107,19 +109,43 @@ def _key_from(request: HttpRequest) -> str:
     return request.GET.get("key", "")
 
 
-def _authenticated_workspace(request: HttpRequest) -> int | None:
+HOOK_KEY_HOW = ("create a hook key (Settings → Email hooks, or `leadflow keys create --kind hook`) and use it "
+                "in the webhook URL (?key=lfh_…) or as the HTTP Basic user")
+WRONG_KIND = {
+    KeyKind.WRITE: "write keys are public (they are in your site's tracking snippet) and cannot "
+                   "authenticate email hooks: " + HOOK_KEY_HOW,
+    KeyKind.SECRET: "secret keys are for the management API and cannot authenticate email hooks "
+                    "(a hook URL ends up in provider consoles and server logs): " + HOOK_KEY_HOW,
+}
+
+
+def _authenticated_workspace(request: HttpRequest) -> tuple[int | None, str]:
+    """The workspace of the hook key the request carries, or None and why not."""
     raw = _key_from(request)
-    key = api_key_authenticate(raw=raw, kind=KeyKind.WRITE) if raw else None
-    return key.workspace_id if key is not None else None
+    if not raw:
+        return None, "missing hook key: " + HOOK_KEY_HOW
+    claimed = api_key_kind_claimed(raw=raw)
+    if claimed in WRONG_KIND:
+        # Refused by its prefix alone, without looking it up: the answer says nothing about
+        # whether such a key exists.
+        return None, WRONG_KIND[claimed]
+    key = api_key_authenticate(raw=raw, kind=KeyKind.HOOK)
+    if key is None:
+        return None, "invalid or revoked hook key: " + HOOK_KEY_HOW
+    return key.workspace_id, ""
 
 
 def _hook(request: HttpRequest, handle) -> HttpResponse:
     if request.method != "POST":
         return _json(405, {"detail": "use POST"})
-    workspace_id = _authenticated_workspace(request)
+    try:
+        workspace_id, refusal = _authenticated_workspace(request)
+    except DatabaseError:
+        log.exception("hook key look-up failed")
+        return _json(503, {"detail": "database busy or unavailable; retry"})
     if workspace_id is None:
-        response = _json(401, {"detail": "missing or invalid write key (HTTP Basic, or ?key=)"})
-        response["WWW-Authenticate"] = 'Basic realm="leadflow"'
+        response = _json(401, {"detail": refusal})
+        response["WWW-Authenticate"] = 'Basic realm="leadflow email hooks"'
         return response
     try:
         body = request.body  # Django refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE

@@ -368,6 +368,16 @@ def tracking_snippet(*, base_url: str, write_key: str = "YOUR_WRITE_KEY") -> str
     return f'<script src="{base_url}/t/lf.js" data-write-key="{write_key}" async></script>'
 
 
+EMAIL_HOOKS = (("inbound", "Your MTA (raw bounces, complaints, mailto unsubscribes)"),
+               ("ses", "Amazon SES (SNS HTTPS subscription)"),
+               ("postmark", "Postmark (bounce, spam complaint and delivery webhooks)"))
+
+
+def email_hook_urls(*, base_url: str, hook_key: str = "YOUR_HOOK_KEY") -> list[tuple[str, str]]:
+    """The inbound email hook URLs to paste into SES, Postmark or the MTA, with the key in them."""
+    return [(label, f"{base_url}{reverse(f'email-hook-{name}')}?key={hook_key}") for name, label in EMAIL_HOOKS]
+
+
 @workspace_view()
 @require_http_methods(["GET", "POST"])
 def settings_page(request: HttpRequest) -> HttpResponse:
@@ -387,6 +397,8 @@ def settings_page(request: HttpRequest) -> HttpResponse:
             return redirect("web:settings")
         if action == "site-key":
             key_form = web_forms.ApiKeyForm({"kind": "write", "name": "website tracking"})
+        elif action == "hook-key":
+            key_form = web_forms.ApiKeyForm({"kind": "hook", "name": "email hooks"})
         else:
             key_form = web_forms.ApiKeyForm(request.POST)
         if key_form.is_valid():
@@ -404,6 +416,8 @@ def settings_page(request: HttpRequest) -> HttpResponse:
         "section": "settings", "keys": keys, "key_form": key_form, "new_key": new_key, "raw_key": raw_key,
         "snippet": tracking_snippet(base_url=base, write_key=raw_key if new_key and new_key.kind == "write"
                                     else "YOUR_WRITE_KEY"),
+        "hook_urls": email_hook_urls(base_url=base, hook_key=raw_key if new_key and new_key.kind == "hook"
+                                     else "YOUR_HOOK_KEY"),
         "role": request.role,
     })
     if raw_key:

@@ -1,17 +1,20 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from leadflow.core.management.commands._common import workspace_arg
-from leadflow.core.models import ApiKey
+from leadflow.core.models import ApiKey, KeyKind
 from leadflow.core.services import ServiceError, api_key_create, api_key_revoke
 
 
 class Command(BaseCommand):
-    help = "Manage API keys: write keys ingest events, secret keys use the management API."
+    help = ("Manage API keys: write keys ingest events (public: they sit in the tracking snippet), secret keys "
+            "use the management API, hook keys authenticate the inbound email hooks (/hooks/email/…).")
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True, metavar="{create,list,revoke}")
         create = sub.add_parser("create", help="create a key and print it alone on stdout")
-        create.add_argument("--kind", choices=["write", "secret"], required=True)
+        create.add_argument("--kind", choices=KeyKind.values, required=True,
+                            help="write: events from sites and apps; secret: the management API; "
+                                 "hook: bounce and complaint notifications (SES, Postmark, your MTA)")
         create.add_argument("--workspace", help="workspace slug (default: the first workspace)")
         create.add_argument("--name", default="", help="a label to recognise the key by")
         listing = sub.add_parser("list", help="list keys (prefixes only; keys are stored hashed)")
