@@ -233,6 +233,31 @@ def test_maildir_messages_are_processed_once_and_moved_to_cur(ws, frozen_clock, 
     assert events(hard, MessageEventKind.BOUNCED) == 1 and events(hard, MessageEventKind.SOFT_BOUNCED) == 1
 
 
+def test_a_forged_report_in_the_mailbox_naming_only_an_address_suppresses_nobody(
+        client, ws, hook, frozen_clock, tmp_path, django_capture_on_commit_callbacks):
+    """Anyone can write to the bounce mailbox: a report there must name its message by the signed
+    VERP address or the Message-ID of the mail. Naming only an address (an invented Message-ID,
+    a plain envelope) changes nothing; the same report with the workspace's hook key may fall back
+    to the address's latest message."""
+    victim = sent_message(ws, make_contact(ws, "victim@example.com"))
+    forged = [fill(ARF_COMPLAINT, rcpt="victim@example.com", sender="news@acme.example",
+                   mid="<invented@acme.example>", to="fbl@acme.example"),
+              fill(POSTFIX_USER_UNKNOWN, rcpt="victim@example.com", to="bounces@acme.example",
+                   sender="news@acme.example", mid="<invented@acme.example>")]
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    for raw in forged:
+        box.add(raw)
+    with override_settings(LEADFLOW_BOUNCE_MAILBOX=f"maildir://{tmp_path / 'bounces'}"):
+        with django_capture_on_commit_callbacks(execute=True):
+            assert mailbox_poll_run(now=frozen_clock.current) == 2
+    assert not Suppression.objects.exists() and not ConsentRecord.objects.exists()
+    assert not MessageEvent.objects.filter(message=victim, kind__in=["bounced", "complained"]).exists()
+    signed = client.post("/hooks/email/inbound", forged[1], content_type="message/rfc822",
+                         HTTP_AUTHORIZATION=basic(hook))
+    assert signed.json()["outcomes"][0]["message_id"] == victim.pk
+    assert Suppression.objects.get(email="victim@example.com").reason == "hard_bounce"
+
+
 def test_a_crash_before_commit_leaves_the_maildir_untouched(ws, frozen_clock, tmp_path):
     message = sent_message(ws, make_contact(ws))
     box = mailbox.Maildir(tmp_path / "b", create=True)

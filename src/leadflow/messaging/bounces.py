@@ -500,8 +500,11 @@ def _message_by_address(address: str, workspace_id: int | None) -> Message | Non
 
 
 def message_for_report(*, report: Report, failure: Failure | None, workspace_id: int | None) -> Message | None:
-    """The message a report (or one failure in it) is about: VERP, then Message-ID, then the
-    failed address's latest sent message."""
+    """The message a report (or one failure in it) is about: VERP, then Message-ID, then — for a
+    report that came with a workspace's hook key (`workspace_id` given) — the failed address's
+    latest sent message. A report read from the bounce mailbox (`workspace_id` None: anyone can
+    write to it) must name its message by the signed VERP address or the Message-ID of the mail
+    it is about; an address alone would let a forged report suppress anyone."""
     by_verp = _message_by_ids(report.verp_ids, workspace_id)
     if by_verp:
         if failure is not None and len(by_verp) > 1:
@@ -510,7 +513,7 @@ def message_for_report(*, report: Report, failure: Failure | None, workspace_id:
                 return same[0]
         return by_verp[0]
     found = _message_by_header(report.original_message_ids, workspace_id)
-    if found is not None:
+    if found is not None or workspace_id is None:
         return found
     return _message_by_address(failure.address if failure else "", workspace_id)
 
