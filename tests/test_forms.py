@@ -93,6 +93,22 @@ def test_unticked_consent_is_recorded_as_not_given(client, ws, guide_form, proce
     assert ConsentRecord.objects.get().status == "withdrawn"
 
 
+def test_an_unticked_box_later_does_not_take_back_a_consent_given(client, ws, guide_form, process):
+    """Withdrawing takes the unsubscribe link or the preference centre: a subscriber who fills in
+    a form again without ticking the box, or a forged `Form Submitted` sent with the public write
+    key, leaves the consent where it was."""
+    assert submit(client, ws, guide_form).status_code == 200
+    process()
+    assert submit(client, ws, guide_form, lf_consent=None).status_code == 200
+    post_batch(client, ws, [{"type": "track", "event": "Form Submitted", "anonymousId": "forger",
+                             "properties": {"form_slug": "guide", "consent": {"topic": "newsletter", "granted": False,
+                                                                              "wording": "no"}},
+                             "context": {"traits": {"email": "rui@example.com"}}}])
+    process()
+    contact = Contact.objects.get(workspace=ws.workspace, email="rui@example.com")
+    assert list(ConsentRecord.objects.filter(contact=contact).values_list("status", flat=True)) == ["granted"]
+
+
 def test_required_consent_blocks_submission(client, ws, guide_form):
     guide_form.consent_required = True
     guide_form.save()

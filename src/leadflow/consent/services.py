@@ -362,8 +362,12 @@ def optin_confirm(*, token: str, ip: str | None = None, user_agent: str = "") ->
 def form_consents_record(*, records: list[ConsentRecord]) -> None:
     """The consent boxes of processed form submissions (unsaved ConsentRecords built by the
     profile processor, each with its contact in its final state). A grant on a topic that needs
-    double opt-in for that person becomes an OptInRequest and a confirmation email; everything
-    else is stored as is (once per event and topic)."""
+    double opt-in for that person becomes an OptInRequest and a confirmation email. A box left
+    unticked is "not given", not an unsubscribe: it is stored only when the person has not
+    granted that topic already (a subscriber filling in another form without ticking the box
+    stays subscribed; withdrawing takes the unsubscribe link or the preference centre, whose
+    signed links a form post cannot forge). Everything else is stored as is (once per event and
+    topic)."""
     slugs = {r.topic for r in records if r.status == ConsentStatus.GRANTED and r.topic != ALL_MARKETING}
     topics = {}
     if slugs:
@@ -374,8 +378,14 @@ def form_consents_record(*, records: list[ConsentRecord]) -> None:
     from leadflow.messaging.models import Message
 
     for record in records:
+        if record.status != ConsentStatus.GRANTED:
+            latest = selectors.consent_latest(contact=record.contact, topics={record.topic}).get(record.topic)
+            if latest is not None and latest.status == ConsentStatus.GRANTED:
+                continue  # an unticked box on another form does not take back a consent given
+            direct.append(record)
+            continue
         topic = topics.get((record.workspace_id, record.topic))
-        if (record.status != ConsentStatus.GRANTED or topic is None or topic.archived_at is not None
+        if (topic is None or topic.archived_at is not None
                 or not selectors.topic_needs_double_opt_in(topic=topic, country=record.contact.country)):
             direct.append(record)
             continue
