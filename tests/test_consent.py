@@ -51,8 +51,8 @@ def topics(ws):
         "newsletter": services.topic_create(workspace_id=ws.workspace.pk, name="Newsletter", actor="user:1",
                                             description="Our monthly letter"),
         "offers": services.topic_create(workspace_id=ws.workspace.pk, name="Offers", mode="opt_in", actor="user:1"),
-        "events": services.topic_create(workspace_id=ws.workspace.pk, name="Events", double_opt_in=True,
-                                        actor="user:1"),
+        "events": services.topic_create(workspace_id=ws.workspace.pk, name="Events", mode="opt_in",
+                                        double_opt_in=True, actor="user:1"),
         "product": services.topic_create(workspace_id=ws.workspace.pk, name="Product updates", actor="user:1",
                                          double_opt_in_countries=["de", " at"]),
     }
@@ -80,6 +80,33 @@ def test_topics_slugs_are_unique_marketing_is_reserved_and_countries_checked(ws,
     services.topic_archive(topic=updated, actor="user:1")
     assert Topic.objects.get(pk=updated.pk).archived_at is not None
     assert AuditEntry.objects.filter(workspace=ws.workspace, action="topic.archive", target="topic:offers").exists()
+
+
+def test_an_opt_out_topic_cannot_need_double_opt_in_for_everyone(ws, topics):
+    """Opt-out + double opt-in for everyone would block everybody until they confirmed (gate rule
+    4): refused on create and update; double opt-in by country on an opt-out topic stays allowed."""
+    with pytest.raises(ServiceError, match="opt-out topic cannot need double opt-in for everyone"):
+        services.topic_create(workspace_id=ws.workspace.pk, name="Webinars", double_opt_in=True, actor="user:1")
+    with pytest.raises(ServiceError, match="opt-out topic cannot need double opt-in for everyone"):
+        services.topic_create(workspace_id=ws.workspace.pk, name="Webinars", mode="opt_out", double_opt_in=True,
+                              actor="user:1")
+    assert not Topic.objects.filter(workspace=ws.workspace, slug="webinars").exists()
+    with pytest.raises(ServiceError, match="opt-out topic cannot need double opt-in"):
+        services.topic_update(topic=topics["newsletter"], double_opt_in=True, actor="user:1")
+    with pytest.raises(ServiceError, match="opt-out topic cannot need double opt-in"):
+        services.topic_update(topic=topics["events"], mode="opt_out", actor="user:1")  # opt-in + double opt-in
+    assert (Topic.objects.get(pk=topics["newsletter"].pk).double_opt_in,
+            Topic.objects.get(pk=topics["events"].pk).mode) == (False, "opt_in")
+    # allowed: opt-in with double opt-in, opt-out with double opt-in by country, and turning both at once
+    assert topics["product"].mode == "opt_out" and topics["product"].double_opt_in_countries == ["AT", "DE"]
+    both = services.topic_update(topic=topics["newsletter"], mode="opt_in", double_opt_in=True, actor="user:1")
+    assert (both.mode, both.double_opt_in) == ("opt_in", True)
+    # a topic saved before the rule can still be renamed and archived without choosing
+    legacy = Topic.objects.create(workspace=ws.workspace, slug="legacy", name="Legacy", mode="opt_out",
+                                  double_opt_in=True)
+    assert services.topic_update(topic=legacy, name="Old legacy", actor="user:1").name == "Old legacy"
+    with pytest.raises(ServiceError, match="opt-out topic cannot"):
+        services.topic_update(topic=legacy, name="Legacy", mode="opt_out", double_opt_in=True, actor="user:1")
 
 
 # --- subscriptions --------------------------------------------------------------------------------
@@ -271,6 +298,60 @@ def test_get_and_head_never_unsubscribe_and_show_the_button_and_preferences(ws, 
     response = client.post(link, {"List-Unsubscribe": "One-Click", "via": "page"})
     assert "You are unsubscribed" in response.content.decode()
     assert records(ada)[0].source == "unsubscribe_page"
+
+
+def test_a_test_sends_links_explain_and_change_nothing(ws, topics, frozen_clock):
+    """QA bug: unsubscribing from a [Test] send suppressed the tester's address by hand ("the
+    person's profile no longer exists"), which also stops their transactional mail, and the
+    test's preferences link was the unsubscribe link."""
+    from leadflow.consent.links import test_preferences_url
+    from leadflow.messaging.rendering import TEST_CONTACT_KEY
+
+    ada = person(ws)
+    services.subscription_set(contact=ada, topic="newsletter", granted=False, source="api")
+    services.subscription_set(contact=ada, topic="offers", granted=True, source="api")
+    before = records(ada)
+    test = Message.objects.create(workspace=ws.workspace, contact=None, kind="test", topic="newsletter",
+                                  status="sent", to_email="qa@acme.example", context={TEST_CONTACT_KEY: ada.pk})
+    link = path_of(unsubscribe_url(test))
+    client = Client(enforce_csrf_checks=True)
+    page = client.get(link)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "This was a test email" in html and "Nothing was changed" in html and "qa@acme.example" in html
+    assert 'name="List-Unsubscribe"' not in html  # no button that would unsubscribe anyone
+    one_click = client.post(link, "List-Unsubscribe=One-Click", content_type="application/x-www-form-urlencoded")
+    via_page = client.post(link, {"List-Unsubscribe": "One-Click", "via": "page"})
+    assert one_click.status_code == via_page.status_code == 200
+    assert "Nothing was changed" in via_page.content.decode()
+    assert services.unsubscribe_from_message(message=test, source="mailto") is None  # the mailto: path too
+    test.refresh_from_db()
+    assert test.unsubscribed_at is None and not test.events.exists()
+    assert not Suppression.objects.filter(workspace=ws.workspace).exists()
+    assert records(ada) == before
+    assert not Event.objects.filter(workspace=ws.workspace, event="Email Unsubscribed").exists()
+    # The preferences link: the preview contact's preference centre, read-only.
+    preferences = path_of(test_preferences_url(test))
+    assert preferences.startswith("/p/") and preferences != link
+    shown = client.get(preferences)
+    assert shown.status_code == 200
+    html = shown.content.decode()
+    assert "a test send" in html and f"(#{ada.pk})" in html and "read-only" in html
+    assert "<fieldset disabled" in html
+    assert 'value="offers" checked' in html and 'value="newsletter" checked' not in html  # Ada's own choices
+    assert ada.email not in html  # the tester sees her choices, not her address
+    forced = client.post(preferences, {"action": "unsubscribe_all"})
+    assert forced.status_code == 200 and records(ada) == before
+    # A test for the sample person shows a person with no choices yet (opt-out topics ticked).
+    sample = Message.objects.create(workspace=ws.workspace, contact=None, kind="test", status="sent",
+                                    to_email="qa@acme.example")
+    html = client.get(path_of(test_preferences_url(sample))).content.decode()
+    assert "no choices yet" in html and 'value="newsletter" checked' in html and 'value="offers" checked' not in html
+    assert "all marketing email" in client.get(path_of(unsubscribe_url(sample))).content.decode()
+    # A message id that is not a test send shows nothing.
+    real = mail(ws, ada)
+    assert client.get(path_of(test_preferences_url(real))).status_code == 404
+    assert not Suppression.objects.exists() and records(ada) == before
 
 
 def test_altered_foreign_and_stale_links_get_a_friendly_page(ws, other_ws, topics):

@@ -53,12 +53,21 @@ def test_topic_errors_are_clear(client, ws):
     bad_country = call(client, ws, "POST", "/topics", {"name": "Y", "double_opt_in_countries": ["Germany"]})
     assert bad_country.status_code == 400 and "two-letter" in bad_country.json()["detail"]
     assert call(client, ws, "GET", "/topics/999999").status_code == 404
+    opt_out_doi = call(client, ws, "POST", "/topics", {"name": "Webinars", "double_opt_in": True})
+    assert opt_out_doi.status_code == 400
+    assert "opt-out topic cannot need double opt-in for everyone" in opt_out_doi.json()["detail"]
+    newsletter = Topic.objects.get(workspace=ws.workspace, slug="newsletter")
+    patched = call(client, ws, "PATCH", f"/topics/{newsletter.pk}", {"double_opt_in": True})
+    assert patched.status_code == 400 and "cannot need double opt-in" in patched.json()["detail"]
+    by_country = call(client, ws, "PATCH", f"/topics/{newsletter.pk}", {"double_opt_in_countries": ["DE"]})
+    assert by_country.status_code == 200 and by_country.json()["mode"] == "opt_out"
+    assert by_country.json()["double_opt_in"] is False
     assert Topic.objects.filter(workspace=ws.workspace).count() == 1
 
 
 def test_a_persons_subscriptions_get_set_and_pause(client, ws, frozen_clock):
     call(client, ws, "POST", "/topics", {"name": "Offers", "mode": "opt_in"})
-    call(client, ws, "POST", "/topics", {"name": "Events", "double_opt_in": True})
+    call(client, ws, "POST", "/topics", {"name": "Events", "mode": "opt_in", "double_opt_in": True})
     ada = Contact.objects.create(workspace=ws.workspace, email="ada@acme.example")
     state = call(client, ws, "GET", f"/contacts/{ada.pk}/subscriptions").json()
     assert state["marketing"] is True and state["paused_until"] is None

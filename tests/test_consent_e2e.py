@@ -48,7 +48,7 @@ def test_double_opt_in_and_one_click_unsubscribe_through_the_dispatcher(ws, sink
     messaging_settings_update(workspace_id=ws.workspace.pk, from_name="Acme Events", from_email="events@acme.test",
                               postal_address="1 Main St, Springfield")
     sending_server_create(workspace=ws.workspace, name="Loopback", url=sink.url, is_default=True, rate_per_second=0)
-    services.topic_create(workspace_id=ws.workspace.pk, name="Webinars", double_opt_in=True, actor="user:1")
+    services.topic_create(workspace_id=ws.workspace.pk, name="Webinars", mode="opt_in", double_opt_in=True, actor="user:1")
     template = Template.objects.create(workspace=ws.workspace, name="Webinar", slug="webinar", topic="webinars")
     version = TemplateVersion.objects.create(workspace=ws.workspace, template=template, number=1,
                                              subject="Webinar on Thursday", html=HTML, status="approved")

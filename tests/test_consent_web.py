@@ -50,6 +50,8 @@ def test_marketers_add_and_upload_but_only_compliance_and_admins_lift(ws, people
                              follow=True)
     assert "new@acme.example is suppressed." in response.content.decode()
     assert Suppression.objects.get(email="new@acme.example").created_by.startswith("user:")
+    listed = marketer.get(SUPPRESSIONS, {"q": "new@"}).content.decode()
+    assert '<td class="small">marketer-user</td>' in listed and "user:" not in listed  # a name, not an id
     again = marketer.post("/email/consent/suppressions/add/", {"email": "new@acme.example"}, follow=True)
     assert "already suppressed" in again.content.decode()
     bad = marketer.post("/email/consent/suppressions/add/", {"email": "garbage"}, follow=True)
@@ -88,10 +90,22 @@ def test_topics_list_and_editor(ws, other_ws):
     assert "Product updates" in listing and "AT, DE" in listing and "Their topic" not in listing
     edit = marketer.get(f"/email/consent/topics/{topic.pk}/edit/").content.decode()
     assert 'value="Product updates"' in edit and "AT, DE" in edit
-    marketer.post(f"/email/consent/topics/{topic.pk}/edit/", {"name": "Product news", "mode": "opt_out",
+    # opt-out + double opt-in for everyone would block everybody: refused with the form kept as typed
+    refused = marketer.post(f"/email/consent/topics/{topic.pk}/edit/", {
+        "name": "Product news", "mode": "opt_out", "double_opt_in": "on", "double_opt_in_countries": ""})
+    assert refused.status_code == 400
+    page = refused.content.decode()
+    assert "an opt-out topic cannot need double opt-in for everyone" in page and 'value="Product news"' in page
+    topic.refresh_from_db()
+    assert (topic.name, topic.mode, topic.double_opt_in) == ("Product updates", "opt_in", False)
+    refused_new = marketer.post("/email/consent/topics/new/", {"name": "Webinars", "mode": "opt_out",
+                                                               "double_opt_in": "on"})
+    assert refused_new.status_code == 400 and "cannot need double opt-in" in refused_new.content.decode()
+    assert not Topic.objects.filter(workspace=ws.workspace, slug="webinars").exists()
+    marketer.post(f"/email/consent/topics/{topic.pk}/edit/", {"name": "Product news", "mode": "opt_in",
                                                               "double_opt_in": "on", "double_opt_in_countries": ""})
     topic.refresh_from_db()
-    assert (topic.name, topic.slug, topic.mode, topic.double_opt_in) == ("Product news", "product-updates", "opt_out",
+    assert (topic.name, topic.slug, topic.mode, topic.double_opt_in) == ("Product news", "product-updates", "opt_in",
                                                                          True)
     invalid = marketer.post("/email/consent/topics/new/", {"name": "Everything", "slug": "marketing"})
     assert invalid.status_code == 400 and "reserved" in invalid.content.decode()
@@ -111,3 +125,7 @@ def test_topics_list_and_editor(ws, other_ws):
     compliance = login(ws, "compliance")
     assert compliance.post(f"/email/consent/topics/{topic.pk}/edit/", {"name": "Updates", "mode": "opt_out"}
                            ).status_code == 302
+    # a topic saved as opt-out + double opt-in before the rule is flagged in the list
+    Topic.objects.create(workspace=ws.workspace, slug="legacy", name="Legacy", mode="opt_out", double_opt_in=True)
+    listing = marketer.get(TOPICS).content.decode()
+    assert listing.count('data-testid="topic-rule-warning"') == 1 and "nobody receives it until they confirm" in listing

@@ -138,6 +138,45 @@ def test_submit_approve_and_the_queue(ws, marketer, layout, postal):
     assert "saving starts version 2" in editor and "Sends use version 1 (approved)" in editor
 
 
+def test_pages_name_people_by_username_and_the_queue_names_who_submitted(ws, marketer, layout, postal):
+    """QA bug: "Written by user:1", "Decided … by user:1", and the approvals list said "by user:1"
+    (the author) although another user submitted the version."""
+    marketer.post("/email/templates/new/", form(layout))  # mara writes version 1
+    template = Template.objects.get(name="Welcome")
+    sam = login(ws, "sam", "marketer")
+    sam.post(f"/email/templates/{template.pk}/", form(layout, html="<p>Hello again {{ contact.first_name }}</p>"))
+    assert template.versions.count() == 1  # sam edited mara's draft in place …
+    sam.post(f"/email/templates/{template.pk}/versions/1/submit/")  # … and submitted it
+    mo = login(ws, "mo", "marketer")
+    queue = mo.get("/email/approvals/").content.decode()
+    assert 'data-testid="submitted-by">by sam<' in queue and "user:" not in queue
+    mo.post(f"/email/templates/{template.pk}/versions/1/approve/")
+    page = mo.get(f"/email/templates/{template.pk}/versions/1/").content.decode()
+    assert 'data-testid="written-by">mara ·' in page
+    assert 'data-testid="submitted-by">sam ·' in page
+    assert 'data-testid="decided-by">mo ·' in page
+    assert "user:" not in page
+    versions = mo.get(f"/email/templates/{template.pk}/versions/").content.decode()
+    assert "<td>mara</td>" in versions and "mo ·" in versions and "user:" not in versions
+    # the names cost one query per page, however many people wrote versions
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert mo.get(f"/email/templates/{template.pk}/versions/").status_code == 200
+        return len(captured)
+
+    before = queries()
+    for n in range(2, 6):
+        author = user_create(username=f"writer{n}", password="pw-123456", workspace=ws.workspace, role="marketer")
+        TemplateVersion.objects.create(workspace=ws.workspace, template=template, number=n, subject="S",
+                                       html="<p>x</p>", created_by=f"user:{author.pk}")
+    assert queries() == before
+    versions = mo.get(f"/email/templates/{template.pk}/versions/").content.decode()
+    assert all(f"<td>writer{n}</td>" in versions for n in range(2, 6))
+
+
 def test_high_risk_is_only_actionable_by_compliance(ws, marketer, layout, postal):
     marketer.post("/email/templates/new/", form(layout, name="Pricing", high_risk="on"))
     template = Template.objects.get(name="Pricing")

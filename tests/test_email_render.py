@@ -310,9 +310,10 @@ def test_test_send_as_a_contact_uses_their_data_but_no_link_acts_for_them(ws, se
     assert message.contact_id is None  # the recipient is QA, not Grace
     out = message_render(message=message)
     assert "Hi Grace (pro)" in out.html and out.subject == "[Test] Hello Grace"
-    tokens = re.findall(r'href="https://lf\.example/([up])/([^"]+)"', out.html)
-    assert tokens and all(kind == "u" for kind, _ in tokens)
-    assert token_read("unsubscribe", tokens[0][1]) == {"w": ws.workspace.pk, "m": message.pk}
+    tokens = dict(re.findall(r'href="https://lf\.example/([up])/([^"]+)"', out.html))
+    assert token_read("unsubscribe", tokens["u"]) == {"w": ws.workspace.pk, "m": message.pk}
+    # the preferences link names the test message, never Grace (it shows her choices read-only)
+    assert token_read("preferences", tokens["p"]) == {"w": ws.workspace.pk, "m": message.pk}
 
 
 def test_a_message_whose_contact_is_gone_never_renders_the_sample_person(ws, settings_row):

@@ -186,6 +186,44 @@ def test_a_magnet_can_have_its_own_transactional_delivery_template(ws, guide, cl
     assert received.message["Subject"] == "Rui, here is Your Guide to a Secure Retirement"
 
 
+def test_the_double_opt_in_confirmation_is_no_delivery_email(ws, guide, client):
+    """QA bug: the "Delivery email" dropdown offered the built-in double opt-in confirmation, which
+    needs an opt-in link a delivery email does not have."""
+    from leadflow.consent.services import OPTIN_TEMPLATE_SLUG, optin_template_get
+
+    magnet, _ = guide
+    optin = optin_template_get(workspace_id=ws.workspace.pk)
+    assert optin.slug == OPTIN_TEMPLATE_SLUG and optin.kind == "transactional" and optin.approved_version_id
+    mine = Template.objects.create(workspace=ws.workspace, name="Guide delivery", slug="guide-delivery",
+                                   kind="transactional")
+    mine.approved_version = TemplateVersion.objects.create(workspace=ws.workspace, template=mine, number=1,
+                                                           status="approved", subject="Here", html="<p>x</p>")
+    mine.save(update_fields=["approved_version"])
+    for ref in (OPTIN_TEMPLATE_SLUG, optin.pk):
+        with pytest.raises(ServiceError, match="double opt-in confirmation"):
+            magnet_save(workspace=ws.workspace, magnet=magnet, slug=magnet.slug, name=magnet.name, kind=magnet.kind,
+                        delivery_url=magnet.delivery_url, delivery_template=ref)
+    magnet.refresh_from_db()
+    assert magnet.delivery_template_id is None
+    refused = client.patch(f"/api/magnets/{magnet.pk}", {"delivery_template": OPTIN_TEMPLATE_SLUG},
+                           content_type="application/json", HTTP_AUTHORIZATION=ws.bearer)
+    assert refused.status_code == 400 and "double opt-in confirmation" in refused.content.decode()
+
+    web = Client()
+    web.force_login(user_create(username="marketer", password="pw-123456789", workspace=ws.workspace,
+                                role="marketer"))
+    page = web.get(f"/magnets/{magnet.pk}/edit/").content.decode()
+    choices = re.search(r'<select name="delivery_template"[^>]*>(.*?)</select>', page, re.S).group(1)
+    assert "Guide delivery" in choices and "Double opt-in confirmation" not in choices
+    assert f'value="{optin.pk}"' not in choices
+    posted = web.post(f"/magnets/{magnet.pk}/edit/", {
+        "name": magnet.name, "slug": magnet.slug, "kind": "ebook", "delivery_url": magnet.delivery_url,
+        "email_delivery": "on", "delivery_template": str(optin.pk)})
+    assert posted.status_code == 200  # not a choice: the form says so and nothing is saved
+    magnet.refresh_from_db()
+    assert magnet.delivery_template_id is None
+
+
 def test_the_api_and_the_web_page_set_email_delivery(ws, guide, client):
     magnet, _ = guide
     auth = {"HTTP_AUTHORIZATION": ws.bearer}

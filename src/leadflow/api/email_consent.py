@@ -32,7 +32,8 @@ class TopicIn(Schema):
     slug: str = Field("", max_length=100, description="from the name when blank; `marketing` is reserved")
     description: str = Field("", max_length=500)
     mode: Literal["opt_in", "opt_out"] = "opt_out"
-    double_opt_in: bool = False
+    double_opt_in: bool = Field(False, description="for everyone; opt-in topics only (an opt-out topic may use "
+                                                   "`double_opt_in_countries`)")
     double_opt_in_countries: list[str] = Field([], description="ISO codes, e.g. [\"DE\", \"AT\"]")
     position: int | None = Field(None, ge=0)
 
@@ -41,7 +42,7 @@ class TopicPatch(Schema):
     name: str | None = Field(None, max_length=200)
     description: str | None = Field(None, max_length=500)
     mode: Literal["opt_in", "opt_out"] | None = None
-    double_opt_in: bool | None = None
+    double_opt_in: bool | None = Field(None, description="for everyone; refused on an opt-out topic")
     double_opt_in_countries: list[str] | None = None
     position: int | None = Field(None, ge=0)
     archived: bool | None = Field(None, description="false restores an archived topic")

@@ -28,6 +28,13 @@ def preferences_url(*, workspace_id: int, contact_id: int) -> str:
     return public_url(f"p/{token_make('preferences', {'w': workspace_id, 'c': contact_id})}")
 
 
+def test_preferences_url(message) -> str:
+    """`/p/TOKEN` naming a test send (not a person): the preference centre of the contact the test
+    was personalised for (else of a person with no choices yet), read-only, with a note that it
+    is a test. A test goes to a tester, so no link in it may act for anyone."""
+    return public_url(f"p/{token_make('preferences', {'w': message.workspace_id, 'm': message.pk})}")
+
+
 def optin_confirm_url(request) -> str:
     """`/c/TOKEN` for a pending double opt-in (an OptInRequest)."""
     return public_url(f"c/{token_make('optin', {'w': request.workspace_id, 'r': request.pk})}")

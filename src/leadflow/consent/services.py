@@ -94,6 +94,19 @@ def _topic_fields(*, name=None, description=None, mode=None, double_opt_in=None,
     return fields
 
 
+OPT_OUT_DOUBLE_OPT_IN = ("an opt-out topic cannot need double opt-in for everyone: nobody would receive it until "
+                         "they confirmed by email. Make the topic opt-in (people who say yes, confirmed by email), "
+                         "or keep it opt-out and ask for double opt-in only in some countries")
+
+
+def _topic_rules_check(*, mode: str, double_opt_in: bool) -> None:
+    """Refuse opt-out + double opt-in for everyone: the gate (rule 4) would block everybody
+    until they confirmed, the opposite of what opt-out means. Double opt-in by country on an
+    opt-out topic is fine: everyone else still receives it until they say no."""
+    if mode == TopicMode.OPT_OUT and double_opt_in:
+        raise ServiceError(OPT_OUT_DOUBLE_OPT_IN)
+
+
 def topic_create(*, workspace_id: int, name: str, actor: str, slug: str = "", description: str = "",
                  mode: str = TopicMode.OPT_OUT, double_opt_in: bool = False,
                  double_opt_in_countries: list[str] | None = None, position: int | None = None) -> Topic:
@@ -101,6 +114,7 @@ def topic_create(*, workspace_id: int, name: str, actor: str, slug: str = "", de
     messages name and never changes; `marketing` is reserved: it stands for all marketing."""
     fields = _topic_fields(name=name, description=description, mode=mode, double_opt_in=double_opt_in,
                            double_opt_in_countries=double_opt_in_countries or [], position=position)
+    _topic_rules_check(mode=fields["mode"], double_opt_in=fields["double_opt_in"])
     slug = slugify(slug or name)[:100]
     if not slug:
         raise ServiceError("a topic needs a name or slug with at least one letter or digit")
@@ -127,9 +141,14 @@ def topic_update(*, topic: Topic, actor: str, name: str | None = None, descripti
                  double_opt_in_countries: list[str] | None = None, position: int | None = None) -> Topic:
     """Change a topic's name, description, mode, double opt-in rules or position (not its slug).
     Rules apply from the next dispatch on: making a topic opt-in or double opt-in stops mail to
-    everyone without a (confirmed) grant."""
+    everyone without a (confirmed) grant. An opt-out topic cannot need double opt-in for everyone;
+    the check runs when a change names the mode or double opt-in, so a topic saved before the rule
+    can still be renamed or archived."""
     fields = _topic_fields(name=name, description=description, mode=mode, double_opt_in=double_opt_in,
                            double_opt_in_countries=double_opt_in_countries, position=position)
+    if "mode" in fields or "double_opt_in" in fields:
+        _topic_rules_check(mode=fields.get("mode", topic.mode),
+                           double_opt_in=fields.get("double_opt_in", topic.double_opt_in))
     changed = {k: v for k, v in fields.items() if getattr(topic, k) != v}
     if not changed:
         return topic
@@ -409,10 +428,16 @@ def unsubscribe_from_message(*, message, source: str, ip: str | None = None,
     """Unsubscribe the message's person from the message's topic (all marketing when it has
     none): a withdrawn ConsentRecord and an `unsubscribed` message event. Idempotent: when the
     person is already unsubscribed and the event recorded, nothing new is written. A message
-    whose person is gone suppresses its address instead."""
-    from leadflow.messaging.events import message_event_record
-    from leadflow.messaging.models import Message, MessageEventKind
+    whose person is gone suppresses its address instead.
 
+    A test send changes nothing and returns None: it went to a tester, not to the person it was
+    personalised for, and its missing contact does not mean a person is gone (suppressing the
+    tester's address by hand would also stop their transactional mail)."""
+    from leadflow.messaging.events import message_event_record
+    from leadflow.messaging.models import Message, MessageEventKind, MessageKind
+
+    if message.kind == MessageKind.TEST:
+        return None
     topic = (message.topic or "").strip() or ALL_MARKETING
     with transaction.atomic():
         locked = Message.objects.select_for_update(of=("self",)).select_related("contact").get(pk=message.pk)

@@ -8,6 +8,11 @@
 - `c/TOKEN`: double opt-in confirmation: a GET shows a button, the POST records the consent (a
   scanner's GET confirms nothing).
 
+A test send (`MessageKind.TEST`) goes to a tester, not to the person it was personalised for: its
+unsubscribe link (GET, POST and one-click POST alike) only says so and changes nothing, and its
+preferences link (`p/TOKEN` naming the message) shows the preference centre of the contact the test
+was personalised for, or of a person with no choices yet, read-only.
+
 The signed token is the only credential, so CSRF protection (which guards sessions, and there
 are none here) is off: these pages also work in mail apps that keep no cookies. An altered or
 foreign token answers 400, a valid one for something gone 404, both with a plain page.
@@ -78,6 +83,39 @@ def _preferences_context(contact) -> dict:
             "preferences_action": _preferences_path(contact.workspace_id, contact.pk)}
 
 
+def _test_contact(message):
+    """The contact a test send was personalised for, if it still exists; else an unsaved person
+    with nothing recorded (what the sample person would see)."""
+    from leadflow.contacts.models import Contact
+    from leadflow.contacts.selectors import contact_get
+    from leadflow.messaging.rendering import TEST_CONTACT_KEY
+
+    context = message.context if isinstance(message.context, dict) else {}
+    contact_id = context.get(TEST_CONTACT_KEY)
+    contact = None
+    if isinstance(contact_id, int):
+        contact = contact_get(workspace=message.workspace_id, contact_id=contact_id)  # follows merges
+    return contact or Contact(workspace_id=message.workspace_id, email="", country="")
+
+
+def _test_page(request: HttpRequest, message, *, preferences: bool) -> HttpResponse:
+    """A test send's unsubscribe or preferences page: it explains, and nothing on it acts."""
+    from leadflow.consent.links import test_preferences_url
+
+    contact = _test_contact(message)
+    return render(request, "consent/test_send.html", {
+        "message": message, "topic_label": _topic_label(message), "preview_contact": contact,
+        "show_preferences": preferences, "preferences_link": test_preferences_url(message),
+        "subs": selectors.subscriptions_get(contact=contact) if preferences else None,
+        "pause_choices": PAUSE_CHOICES, **_sender(message.workspace_id)})
+
+
+def _test_message(payload: dict):
+    from leadflow.messaging.models import Message, MessageKind
+
+    return Message.objects.filter(pk=payload.get("m"), workspace_id=payload.get("w"), kind=MessageKind.TEST).first()
+
+
 def _topic_label(message) -> str:
     slug = (message.topic or "").strip()
     if not slug or slug == ALL_MARKETING:
@@ -89,7 +127,7 @@ def _topic_label(message) -> str:
 @csrf_exempt
 @require_http_methods(["GET", "HEAD", "POST"])
 def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
-    from leadflow.messaging.models import Message
+    from leadflow.messaging.models import Message, MessageKind
 
     try:
         payload = token_read("unsubscribe", token)
@@ -99,6 +137,10 @@ def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
                .filter(pk=payload.get("m"), workspace_id=payload.get("w")).first())
     if message is None:
         return _gone(request)
+    if message.kind == MessageKind.TEST:
+        # A test went to a tester: unsubscribing them, or the person it was personalised for, would
+        # be wrong. Every method answers 200 (what RFC 8058 one-click senders expect), nothing changes.
+        return _test_page(request, message, preferences=False)
     context = {"message": message, "topic_label": _topic_label(message), "token": token,
                **_sender(message.workspace_id)}
     if request.method == "POST":
@@ -124,6 +166,9 @@ def preferences(request: HttpRequest, token: str) -> HttpResponse:
         payload = token_read("preferences", token)
     except BadToken as exc:
         return _bad_link(request, str(exc))
+    if isinstance(payload.get("w"), int) and isinstance(payload.get("m"), int) and "c" not in payload:
+        message = _test_message(payload)
+        return _gone(request) if message is None else _test_page(request, message, preferences=True)
     if not isinstance(payload.get("w"), int) or not isinstance(payload.get("c"), int):
         return _bad_link(request)
     contact = contact_get(workspace=payload["w"], contact_id=payload["c"])

@@ -973,7 +973,7 @@ def message_render(*, message, extra: dict | None = None) -> Rendered:
     links tracked, CSS inlined. A test message's subject starts with "[Test] "; it renders for the
     contact named in its context (see `TEST_CONTACT_KEY`) or the sample person. A message whose
     contact is gone renders with empty personal data."""
-    from leadflow.consent.links import preferences_url, unsubscribe_url
+    from leadflow.consent.links import preferences_url, test_preferences_url, unsubscribe_url
     from leadflow.messaging.links import links_track
     from leadflow.messaging.render_plans import message_parts
 
@@ -996,7 +996,7 @@ def message_render(*, message, extra: dict | None = None) -> Rendered:
         person, company = contact_data(test_as)
         person["email"] = message.to_email
         segments = _lazy(lambda: contact_segment_slugs(workspace_id=message.workspace_id, contact_id=test_as.pk))
-        preferences = unsubscribe_url(message)
+        preferences = test_preferences_url(message)
     elif contact is not None:
         if contact.workspace_id != message.workspace_id:
             raise ServiceError(f"message {message.pk}: its contact belongs to another workspace")
@@ -1010,7 +1010,7 @@ def message_render(*, message, extra: dict | None = None) -> Rendered:
         person, company, _ = sample_data()
         person["email"] = message.to_email
         segments = set
-        preferences = unsubscribe_url(message)
+        preferences = test_preferences_url(message)
     else:
         # The contact is gone (deleted or erased): only the address, never the sample person.
         person = plain({**EMPTY_CONTACT, "email": message.to_email})

@@ -117,6 +117,7 @@ def magnet_save(*, workspace, slug: str, name: str, kind: str, delivery_url: str
 
 def _delivery_template(workspace, ref: int | str | None):
     """The transactional template `ref` (id or slug) names in this workspace, None for blank."""
+    from leadflow.consent.services import OPTIN_TEMPLATE_SLUG
     from leadflow.messaging.models import Template, TemplateKind
 
     if ref in (None, ""):
@@ -131,6 +132,10 @@ def _delivery_template(workspace, ref: int | str | None):
         raise ServiceError(f"delivery_template: {template.slug!r} is a {template.kind} template; the delivery "
                            f"email must be transactional (it is sent to people who asked for it, without "
                            f"marketing consent)")
+    if template.slug == OPTIN_TEMPLATE_SLUG:
+        raise ServiceError(f"delivery_template: {template.slug!r} is the double opt-in confirmation; it needs the "
+                           f"opt-in link only a subscription request has, so it cannot deliver a lead magnet. "
+                           f"Choose another transactional template, or none for the built-in delivery email")
     if template.approved_version_id is None:
         raise ServiceError(f"delivery_template: {template.slug!r} has no approved version yet")
     return template

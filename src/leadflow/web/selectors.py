@@ -34,11 +34,14 @@ def magnet_get(*, workspace: Workspace, magnet_id: int) -> LeadMagnet | None:
 
 
 def transactional_templates(*, workspace: Workspace):
-    """Templates that may write a transactional email (a magnet's delivery): approved, not archived."""
+    """Templates that may write a transactional email (a magnet's delivery): approved, not archived,
+    and not the built-in double opt-in confirmation (it needs an opt-in link a delivery has not)."""
+    from leadflow.consent.services import OPTIN_TEMPLATE_SLUG
     from leadflow.messaging.models import Template, TemplateKind
 
-    return Template.objects.filter(workspace=workspace, kind=TemplateKind.TRANSACTIONAL, archived_at__isnull=True,
-                                   approved_version__isnull=False).order_by("name", "id")
+    return (Template.objects.filter(workspace=workspace, kind=TemplateKind.TRANSACTIONAL, archived_at__isnull=True,
+                                    approved_version__isnull=False)
+            .exclude(slug=OPTIN_TEMPLATE_SLUG).order_by("name", "id"))
 
 
 def company_counts(companies: QuerySet[Company]) -> QuerySet[Company]:

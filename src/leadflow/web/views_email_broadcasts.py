@@ -21,6 +21,7 @@ from leadflow.messaging import abtest
 from leadflow.messaging import broadcasts as services
 from leadflow.messaging.models import Broadcast, Message, SendingServer, Template, TemplateKind
 from leadflow.segments.models import Segment
+from leadflow.web.templatetags.email_tags import actor_names
 from leadflow.web.views import _actor, _page, workspace_view
 
 PER_PAGE = 50
@@ -215,6 +216,7 @@ def _detail_context(request: HttpRequest, broadcast: Broadcast) -> dict:
         not_ready=[row for row in approvals.values() if not row["ready"]],
         counts=services.broadcast_counts(broadcast=broadcast, now=clock.now()),
         result=broadcast.result or {}, editable=broadcast.status in services.EDITABLE,
+        actor_names=actor_names([(broadcast.result or {}).get("decided_by") or ""]),
         can_pause=broadcast.status in services.RUNNING, can_resume=broadcast.status == services.PAUSED,
         can_cancel=broadcast.status not in (services.CANCELLED, services.DONE),
         can_pick=bool(variants) and broadcast.winner_id is None and broadcast.status in (

@@ -19,6 +19,7 @@ from leadflow.consent.models import SuppressionReason, TopicMode
 from leadflow.contacts.imports import ImportFileError
 from leadflow.core.models import Role
 from leadflow.core.services import ServiceError
+from leadflow.web.templatetags.email_tags import actor_names
 from leadflow.web.views import _actor, _forbidden, _page, workspace_view
 
 SUPPRESSIONS_PER_PAGE = 50
@@ -43,8 +44,10 @@ def suppressions(request: HttpRequest) -> HttpResponse:
     rows = selectors.suppression_search(workspace_id=request.workspace.pk, q=q, reason=reason,
                                         lifted=lifted).order_by("-created_at", "-pk")
     counts = selectors.suppression_counts(workspace_id=request.workspace.pk)
+    page = _page(request, rows, SUPPRESSIONS_PER_PAGE)
+    names = actor_names([a for s in page.object_list for a in (s.created_by, s.lifted_by or "")])
     return render(request, "web/email/consent/suppressions.html", {
-        "section": "email", "page": _page(request, rows, SUPPRESSIONS_PER_PAGE), "q": q, "reason": reason,
+        "section": "email", "subnav": "suppressions", "page": page, "actor_names": names, "q": q, "reason": reason,
         "lifted": lifted, "reasons": SuppressionReason.choices,
         "reason_counts": [(value, label, counts.get(value, 0)) for value, label in SuppressionReason.choices],
         "can_suppress": _allowed(request, CAN_SUPPRESS), "can_lift": _allowed(request, CAN_LIFT),
@@ -121,7 +124,8 @@ def _topic(request: HttpRequest, topic_id: int):
 @workspace_view()
 def topics(request: HttpRequest) -> HttpResponse:
     return render(request, "web/email/consent/topics.html", {
-        "section": "email", "topics": list(selectors.topic_list(workspace_id=request.workspace.pk, archived=None)),
+        "section": "email", "subnav": "topics",
+        "topics": list(selectors.topic_list(workspace_id=request.workspace.pk, archived=None)),
         "can_edit_topics": _allowed(request, CAN_EDIT_TOPICS),
     })
 
@@ -156,7 +160,8 @@ def topic_edit(request: HttpRequest, topic_id: int | None = None) -> HttpRespons
                    "double_opt_in": topic.double_opt_in if topic else False,
                    "double_opt_in_countries": ", ".join(topic.double_opt_in_countries) if topic else ""}
     return render(request, "web/email/consent/topic_edit.html", {
-        "section": "email", "topic": topic, "initial": initial, "error": error, "modes": TopicMode.choices,
+        "section": "email", "subnav": "topics", "topic": topic, "initial": initial, "error": error,
+        "modes": TopicMode.choices,
         "queued": selectors.messages_on_topic(workspace_id=request.workspace.pk, slug=topic.slug) if topic else 0,
     }, status=400 if error else 200)
 

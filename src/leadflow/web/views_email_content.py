@@ -26,6 +26,7 @@ from leadflow.messaging import content as services
 from leadflow.messaging import rendering, stats
 from leadflow.messaging.models import TemplateKind, VersionStatus
 from leadflow.segments import selectors as segment_selectors
+from leadflow.web.templatetags.email_tags import actor_names
 from leadflow.web.views import _actor, workspace_view
 
 CONTACT_MATCHES = 10
@@ -44,6 +45,19 @@ def _version(request: HttpRequest, template_id: int, number: int):
     if version is None:
         raise Http404("no such version")
     return template, version
+
+
+def _submitters(workspace_id: int, versions) -> dict[int, str]:
+    """{version id: actor who submitted it} from the audit log, in one query: a version keeps who
+    wrote it (`created_by`), and someone else may submit a draft they edited."""
+    from leadflow.core.models import AuditEntry
+
+    targets = {f"email_version:{v.pk}": v.pk for v in versions if v.submitted_at is not None}
+    if not targets:
+        return {}
+    rows = (AuditEntry.objects.filter(workspace_id=workspace_id, action="email_version.submit", target__in=targets)
+            .order_by("at", "pk").values_list("target", "actor"))
+    return {targets[target]: actor for target, actor in rows}
 
 
 def _contact(request: HttpRequest, raw: str | None):
@@ -289,9 +303,10 @@ def template_versions(request: HttpRequest, template_id: int) -> HttpResponse:
         diff = {"a": a, "b": b, "fields": fields, "changed": any(f["changed"] for f in fields)}
     elif len(versions) >= 2:
         a_raw, b_raw = str(versions[1].number), str(versions[0].number)
+    names = actor_names([a for v in versions for a in (v.created_by, v.decided_by)])
     return render(request, "web/email/content/versions.html", {
         "section": "email", "subnav": "templates", "template": template, "versions": versions, "diff": diff,
-        "a": a_raw, "b": b_raw})
+        "a": a_raw, "b": b_raw, "actor_names": names})
 
 
 @workspace_view()
@@ -305,7 +320,10 @@ def version_detail(request: HttpRequest, template_id: int, number: int) -> HttpR
     except ServiceError as exc:
         error = str(exc)
     refusal = _can_decide(request, version) if version.status == VersionStatus.PENDING else None
+    submitted_by = _submitters(request.workspace.pk, [version]).get(version.pk, "")
+    names = actor_names([version.created_by, version.decided_by, submitted_by])
     return render(request, "web/email/content/version_detail.html", {
+        "submitted_by": submitted_by, "actor_names": names,
         "section": "email", "subnav": "templates", "template": template, "version": version, "rendered": rendered,
         "error": error, "contact": contact, "refusal": refusal, "stages": DEFAULT_STAGES,
         "sample": _sample(request.GET), "warnings": rendering.version_lint(version=version),
@@ -407,10 +425,12 @@ def version_test_send(request: HttpRequest, template_id: int, number: int) -> Ht
 def approvals(request: HttpRequest) -> HttpResponse:
     pending = list(services.approvals_pending(workspace=request.workspace))
     decider = services.decider_for(workspace_id=request.workspace.pk, user=request.user)
-    rows = [{"version": v, "template": v.template,
+    submitters = _submitters(request.workspace.pk, pending)
+    rows = [{"version": v, "template": v.template, "submitted_by": submitters.get(v.pk) or v.created_by,
              "refusal": services.version_decision_refusal(version=v, decider=decider)} for v in pending]
     return render(request, "web/email/content/approvals.html", {
-        "section": "email", "subnav": "approvals", "rows": rows, "is_compliance": request.role == Role.COMPLIANCE})
+        "section": "email", "subnav": "approvals", "rows": rows, "is_compliance": request.role == Role.COMPLIANCE,
+        "actor_names": actor_names([r["submitted_by"] for r in rows])})
 
 
 # --- layouts --------------------------------------------------------------------------------------

@@ -47,7 +47,8 @@ def _domain(request: HttpRequest, domain_id: int):
 def sending_overview(request: HttpRequest) -> HttpResponse:
     servers = [sending.server_out(s) for s in sending.sending_servers(workspace=request.workspace)]
     return render(request, "web/email/sending/overview.html", {
-        "section": "email", "servers": servers, "domains": sending.sending_domains(workspace=request.workspace),
+        "section": "email", "subnav": "sending", "servers": servers,
+        "domains": sending.sending_domains(workspace=request.workspace),
         "status": sending.sending_status(workspace=request.workspace), "is_admin": request.role == Role.ADMIN,
     })
 
@@ -79,7 +80,7 @@ def server_edit(request: HttpRequest, server_id: int | None = None) -> HttpRespo
         initial = {"name": "", "url": "", "rate_per_second": 50, "pool_size": 2, "breaker_threshold": 5,
                    "breaker_cooldown_seconds": 300, "is_default": False}
     return render(request, "web/email/sending/server_edit.html", {
-        "section": "email", "server": server, "initial": initial, "error": error,
+        "section": "email", "subnav": "sending", "server": server, "initial": initial, "error": error,
         "mask": sending.smtp.PASSWORD_MASK,
     })
 
@@ -122,15 +123,16 @@ def domain_new(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"{domain.domain} added with a new DKIM key. Publish the records below.")
             return redirect("web:email-domain", domain.pk)
-    return render(request, "web/email/sending/domain_new.html", {"section": "email", "initial": initial,
-                                                                  "error": error})
+    return render(request, "web/email/sending/domain_new.html", {"section": "email", "subnav": "sending",
+                                                                  "initial": initial, "error": error})
 
 
 @workspace_view()
 def domain_detail(request: HttpRequest, domain_id: int) -> HttpResponse:
     domain = _domain(request, domain_id)
     return render(request, "web/email/sending/domain.html", {
-        "section": "email", "domain": domain, "records": sending.dns_checklist(domain=domain), "checked": False,
+        "section": "email", "subnav": "sending", "domain": domain, "records": sending.dns_checklist(domain=domain),
+        "checked": False,
         "is_admin": request.role == Role.ADMIN,
     })
 
@@ -140,7 +142,8 @@ def domain_detail(request: HttpRequest, domain_id: int) -> HttpResponse:
 def domain_check(request: HttpRequest, domain_id: int) -> HttpResponse:
     domain = _domain(request, domain_id)
     return render(request, "web/email/sending/domain.html", {
-        "section": "email", "domain": domain, "records": sending.dns_check(domain=domain), "checked": True,
+        "section": "email", "subnav": "sending", "domain": domain, "records": sending.dns_check(domain=domain),
+        "checked": True,
         "is_admin": request.role == Role.ADMIN,
     })
 
@@ -174,4 +177,5 @@ def settings_page(request: HttpRequest) -> HttpResponse:
     for key in ("quiet_start", "quiet_end"):
         if hasattr(values[key], "strftime"):
             values[key] = values[key].strftime("%H:%M")
-    return render(request, "web/email/sending/settings.html", {"section": "email", "values": values, "error": error})
+    return render(request, "web/email/sending/settings.html", {"section": "email", "subnav": "settings",
+                                                                "values": values, "error": error})

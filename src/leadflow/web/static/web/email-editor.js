@@ -104,12 +104,30 @@
       block.default = block.default || {html: "", text: ""};
       var card = el("div", {className: "block-row", "data-block": name});
       var nameInput = el("input", {value: name, "aria-label": "block name", className: "block-name"});
+      var nameError = el("span", {className: "block-name-error small"});
+      nameError.setAttribute("role", "alert");
+      var snippet = el("code", {text: '{{ block("' + name + '") }}'});
+      // Renaming fires on blur, i.e. while the marketer is clicking into another field of this
+      // block. It must not rebuild the editor: that would detach the field being clicked, and what
+      // is typed next would go nowhere. So it re-keys the block in place and updates the labels;
+      // every input of the card stays bound to the same block object.
       nameInput.addEventListener("change", function () {
         var fresh = nameInput.value.trim();
-        if (!fresh || fresh === name || blocks[fresh]) { nameInput.value = name; return; }
+        nameError.textContent = "";
+        if (!fresh || fresh === name) { nameInput.value = name; return; }
+        if (Object.prototype.hasOwnProperty.call(blocks, fresh)) {
+          nameError.textContent = " There is already a block named “" + fresh + "”; the name stays " + name + ".";
+          nameInput.value = name;
+          return;
+        }
         var renamed = {};
         Object.keys(blocks).forEach(function (key) { renamed[key === name ? fresh : key] = blocks[key]; });
-        blocks = renamed; writeBlocks(); renderBlocks();
+        blocks = renamed;
+        name = fresh;
+        nameInput.value = fresh;
+        card.setAttribute("data-block", fresh);
+        snippet.textContent = '{{ block("' + fresh + '") }}';
+        writeBlocks();
       });
       var by = select(options.by || [], block.by || "stage", "varies by");
       by.addEventListener("change", function () {
@@ -119,9 +137,8 @@
       });
       var remove = el("button", {type: "button", className: "small", text: "Remove block"});
       remove.addEventListener("click", function () { delete blocks[name]; writeBlocks(); renderBlocks(); });
-      var snippet = el("code", {text: '{{ block("' + name + '") }}'});
       card.appendChild(el("div", {className: "block-head"}, [el("label", {text: "Block "}, [nameInput]),
-        el("label", {text: " varies by "}, [by]), snippet, remove]));
+        el("label", {text: " varies by "}, [by]), snippet, remove, nameError]));
       block.variants.forEach(function (variant, index) {
         var row = el("div", {className: "variant-row"});
         var drop = el("button", {type: "button", className: "small", text: "Remove"});
