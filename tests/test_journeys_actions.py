@@ -166,6 +166,71 @@ def test_the_sales_alert_note_is_in_the_email_and_a_redone_step_alerts_once(ws, 
     assert (SalesAlert.objects.count(), Notification.objects.count(), Assignment.objects.count()) == (1, 1, 1)
 
 
+def test_a_sales_alert_nobody_can_take_waits_says_why_and_goes_out_when_a_rep_can_take_it(ws, frozen_clock):
+    """As an MQL that routing cannot give to anyone stays unassigned and is routed again, a lead at
+    a sales alert step with an empty routing pool is not passed on silently: it waits at the step,
+    its history says why, and once a rep is in the pool the next try hands it over and alerts."""
+    journey = apply(ws, steps_journey("handoff", [
+        {"id": "alert", "type": "sales_alert", "note": "downloaded the guide", "next": "after"},
+        {"id": "after", "type": "update_traits", "traits": {"handed_over": True}}]))
+    send(ws, identify("ann", email="ann@example.com"))
+    send(ws, track("ann", "Go"))
+    ann = contact_of(ws, "ann")
+    assert ann.owner_id is None and not Assignment.objects.exists() and not SalesAlert.objects.exists()
+    enrollment = Enrollment.objects.get(journey=journey)
+    assert (enrollment.state, enrollment.node) == ("active", "alert"), "not passed on as if alerted"
+    reason = "no sales rep to route to: the routing pool is empty"
+    assert enrollment.data["waiting_for"] == reason
+    history = list(EnrollmentStep.objects.filter(journey=journey, node="alert").exclude(kind="entered")
+                   .values_list("kind", "detail"))
+    assert history == [("waiting", {"reason": reason})]
+    for _ in range(6):  # tried again and again (1, 2, 4, 8… minutes): still nobody, no new history
+        tick(frozen_clock, hours=1)
+    enrollment.refresh_from_db()
+    assert enrollment.node == "alert" and enrollment.data["route_tries"] >= 6
+    assert EnrollmentStep.objects.filter(journey=journey, node="alert", kind="waiting").count() == 1
+    assert enrollment.due_at <= frozen_clock() + dt.timedelta(minutes=15), "tried again every 15 minutes at most"
+
+    rep = user_create(username="advisor", password="pw-123456789", email="advisor@acme.test", workspace=ws.workspace,
+                      role="sales")
+    sales_rep_set(workspace=ws.workspace, user=rep, available=False, actor="test")
+    lifecycle_settings_update(workspace=ws.workspace, changes={"default_pool": [rep.pk]}, actor="test")
+    tick(frozen_clock, hours=1)
+    enrollment.refresh_from_db()
+    away = ("no sales rep to route to: nobody in the routing pool is available (away, at their limit of open "
+            "leads, or no longer a sales member)")
+    assert enrollment.node == "alert" and enrollment.data["waiting_for"] == away
+    assert list(EnrollmentStep.objects.filter(journey=journey, node="alert", kind="waiting").order_by("pk")
+                .values_list("detail__reason", flat=True)) == [reason, away], "a new reason is recorded once"
+
+    sales_rep_set(workspace=ws.workspace, user=rep, available=True, actor="test")
+    tick(frozen_clock, hours=1)
+    enrollment.refresh_from_db()
+    ann.refresh_from_db()
+    assert enrollment.state == "completed" and "waiting_for" not in enrollment.data
+    assert ann.owner_id == rep.pk and ann.traits["handed_over"] is True
+    alert = SalesAlert.objects.get(contact=ann)
+    assert alert.user_id == rep.pk and alert.context["journey"]["note"] == "downloaded the guide"
+    assert Notification.objects.filter(to_address="advisor@acme.test", contact=ann).count() == 1
+    passed = EnrollmentStep.objects.get(journey=journey, node="alert", kind="passed")
+    assert passed.detail == {"owner": rep.pk}
+
+
+def test_a_lead_with_an_open_assignment_is_alerted_to_its_owner_whatever_the_pool(ws, frozen_clock):
+    from leadflow.lifecycle.services import leads_route
+
+    rep = user_create(username="rep", password="pw-123456789", email="rep@acme.test", workspace=ws.workspace,
+                      role="sales")
+    lifecycle_settings_update(workspace=ws.workspace, changes={"default_pool": [rep.pk]}, actor="test")
+    send(ws, identify("ann", email="ann@example.com"))
+    leads_route(workspace_id=ws.workspace.pk, leads=[(contact_of(ws, "ann"), "by hand")], now=frozen_clock())
+    lifecycle_settings_update(workspace=ws.workspace, changes={"default_pool": []}, actor="test")
+    journey = apply(ws, steps_journey("handoff", [{"id": "alert", "type": "sales_alert", "note": "again"}]))
+    send(ws, track("ann", "Go"))
+    assert Enrollment.objects.get(journey=journey).state == "completed"
+    assert SalesAlert.objects.filter(contact__user_id="ann", user=rep).count() == 2
+
+
 def test_notify_owner_makes_a_sales_task_due_later_and_skips_people_without_an_owner(ws, frozen_clock):
     from leadflow.lifecycle.models import SalesTask
 

@@ -14,7 +14,7 @@ from leadflow.core.services import user_create
 from leadflow.journeys.engine import journeys_run_due
 from leadflow.journeys.models import Journey
 
-from journey_helpers import identify, send, template, track
+from journey_helpers import apply, identify, send, template, track
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 SCREENSHOT = "/tmp/leadflow-journey-graph.png"
@@ -102,3 +102,101 @@ def test_build_publish_and_watch_a_journey(live_server):
     assert definition["triggers"] == [{"event": "Asset Downloaded"}]
     assert definition["nodes"] == [{"id": "wait-1d", "next": "thanks", "type": "wait", "days": 1.0},
                                    {"id": "thanks", "type": "send_email", "template": "thanks"}]
+
+
+def test_an_unchanged_save_keeps_an_advanced_entry_filter(live_server):
+    """The "who may enter" condition shown in the advanced (JSON) box survives a save in which the
+    marketer changes nothing: "Nothing changed", and the stored definition keeps its filter."""
+    chromium, sync_playwright = browser_or_skip()
+    from playwright.sync_api import expect
+
+    entry = {"all": [{"field": "lifecycle_stage", "op": "in", "value": ["subscriber", "lead"]},
+                     {"field": "traits.plan", "op": "neq", "value": "free"}]}
+
+    def setup():
+        keys = make_workspace("Journeys")
+        user_create(username="mara", password="correct-horse-battery", workspace=keys.workspace, role="marketer")
+        template(keys, "thanks")
+        journey = apply(keys, {"name": "Guide nurture", "slug": "guide", "entry": entry,
+                               "triggers": [{"event": "Asset Downloaded"}],
+                               "nodes": [{"id": "thanks", "type": "send_email", "template": "thanks"}]})
+        return journey.pk, journey.version.definition
+
+    journey_id, before = off_loop(setup)
+    assert before["entry"] == {**entry, "version": 1}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"{live_server.url}/login/")
+            page.get_by_label("Username").fill("mara")
+            page.get_by_label("Password").fill("correct-horse-battery")
+            page.get_by_role("button", name="Log in").click()
+            page.goto(f"{live_server.url}/journeys/{journey_id}/edit/")
+            expect(page.get_by_label("Who may enter: kind")).to_have_value("json")
+            expect(page.get_by_label("Who may enter: filter JSON")).to_be_visible()
+            expect(page.get_by_label("Who may enter: filter JSON")).to_have_value(re.compile(r'"traits\.plan"'))
+            page.get_by_role("button", name="Save as version 2").click()
+            expect(page.locator(".messages")).to_contain_text("Nothing changed: version 1 is the same.")
+            expect(page.get_by_role("heading", level=1)).to_have_text("Guide nurture")
+        finally:
+            browser.close()
+
+    def stored():
+        journey = Journey.objects.get(pk=journey_id)
+        return list(journey.versions.values_list("number", flat=True)), journey.version.definition
+
+    numbers, after = off_loop(stored)
+    assert numbers == [1] and after == before
+
+
+def test_a_dry_run_from_the_journey_page(live_server):
+    """Dry run on the journey page: a hypothetical person's events typed as lines, the timeline
+    with the email on its day, and nothing kept."""
+    chromium, sync_playwright = browser_or_skip()
+    from playwright.sync_api import expect
+
+    from leadflow.journeys.models import Enrollment
+    from leadflow.messaging.models import Message
+
+    clock = clock_module.FrozenClock(dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.timezone.utc))
+
+    def setup():
+        keys = make_workspace("Journeys")
+        user_create(username="ana", password="correct-horse-battery", workspace=keys.workspace, role="analyst")
+        template(keys, "thanks", subject="Thanks, {{ contact.first_name }}")
+        journey = apply(keys, {"name": "Guide nurture", "slug": "guide",
+                               "triggers": [{"event": "Asset Downloaded"}],
+                               "nodes": [{"id": "wait-2d", "type": "wait", "days": 2, "next": "thanks"},
+                                         {"id": "thanks", "type": "send_email", "template": "thanks"}]})
+        return journey.pk
+
+    with clock_module.use(clock):
+        journey_id = off_loop(setup)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.goto(f"{live_server.url}/login/")
+                page.get_by_label("Username").fill("ana")
+                page.get_by_label("Password").fill("correct-horse-battery")
+                page.get_by_role("button", name="Log in").click()
+                page.goto(f"{live_server.url}/journeys/{journey_id}/")
+                page.get_by_role("link", name="Dry run").click()
+                events = page.get_by_label("Events (one a line: when, the event, its properties)")
+                page.get_by_label("Traits (name = value, one a line)").fill("first_name = Ann\ntimezone = Europe/Paris")
+                events.fill("1d Asset Downloaded")
+                page.get_by_label("Days to follow").fill("10")
+                page.get_by_role("button", name="Run", exact=True).last.click()
+                timeline = page.get_by_test_id("timeline")
+                expect(timeline.locator("tr[data-kind=sent]")).to_contain_text("“Thanks, Ann”")
+                expect(timeline.locator("tr[data-kind=sent]")).to_contain_text("Thu 2026-03-05 10:00")
+                expect(page.get_by_test_id("dry-run-summary")).to_contain_text("1 email")
+                page.screenshot(path="/tmp/leadflow-journey-dry-run.png", full_page=True)
+                events.fill("tomorrow Asset Downloaded")
+                page.get_by_role("button", name="Run", exact=True).last.click()
+                expect(page.get_by_test_id("dry-run-error")).to_contain_text("events, line 1: 'tomorrow' is neither")
+            finally:
+                browser.close()
+
+    assert off_loop(lambda: (Enrollment.objects.count(), Message.objects.count())) == (0, 0)

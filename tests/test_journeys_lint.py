@@ -338,3 +338,37 @@ def test_stream_content_without_an_approved_version_or_a_topic_is_flagged(ws, ne
     assert [f.code for f in journey_lint(workspace_id=ws.workspace.pk, definition=with_topic)] == [
         "stream_item_not_approved", "stream_item_not_approved"], "the step's topic covers every item"
     assert apply(ws, with_topic).status == "live", "warnings do not stop publishing"
+
+
+@pytestmark_db
+def test_a_sales_alert_warns_while_routing_has_nobody_to_give_leads_to(ws, news, frozen_clock):
+    from leadflow.core.services import user_create
+    from leadflow.journeys.models import Journey
+    from leadflow.lifecycle.services import lifecycle_settings_update, routing_rule_save, sales_rep_set
+
+    template(ws, "thanks", topic="news")
+    data = nurture(slug="hot", nodes=[{"id": "alert", "type": "sales_alert", "note": "hot", "next": "mail"},
+                                      {"id": "mail", "type": "send_email", "template": "thanks"}])
+    check = lambda: journey_lint(workspace_id=ws.workspace.pk, definition=data)  # noqa: E731
+    found = check()
+    assert codes(found) == [("warning", "no_sales_rep", "nodes[0]")]
+    assert "'alert' hands people to sales" in found[0].message and "the routing pool is empty" in found[0].message
+    assert journey_lint(workspace_id=ws.workspace.pk, definition=nurture()) == [], "only journeys that alert sales"
+
+    journey = apply(ws, data, publish=False)
+    from leadflow.journeys.services import journey_publish
+
+    journey_publish(journey=journey, version=journey.versions.get(), actor="test")  # a warning: publishing goes on
+    assert Journey.objects.get(pk=journey.pk).status == "live"
+
+    rep = user_create(username="rep", password="pw-123456789", workspace=ws.workspace, role="sales")
+    lifecycle_settings_update(workspace=ws.workspace, changes={"default_pool": [rep.pk]}, actor="test")
+    assert check() == []
+    sales_rep_set(workspace=ws.workspace, user=rep, available=False, actor="test")
+    found = check()
+    assert codes(found) == [("warning", "no_sales_rep", "nodes[0]")] and "available" in found[0].message
+    lifecycle_settings_update(workspace=ws.workspace, changes={"default_pool": []}, actor="test")
+    other = user_create(username="other", password="pw-123456789", workspace=ws.workspace, role="sales")
+    routing_rule_save(workspace=ws.workspace, changes={"name": "Germany", "countries": ["DE"], "pool": [other.pk]},
+                      actor="test")
+    assert check() == [], "a rep a routing rule names can take some leads"

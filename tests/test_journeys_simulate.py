@@ -158,3 +158,167 @@ def test_bad_input_gets_a_clear_error(ws, frozen_clock, emails):
     assert duration_parse("+2w") == dt.timedelta(weeks=2)
     with pytest.raises(ServiceError, match="not a duration"):
         duration_parse("12 parsecs")
+
+
+def test_a_sales_alert_nobody_can_take_waits_in_the_dry_run_and_says_why(ws, frozen_clock, emails):
+    definition = {"name": "Hot", "triggers": [{"manual": True}],
+                  "nodes": [{"id": "alert", "type": "sales_alert", "note": "hot", "next": "thanks"},
+                            {"id": "thanks", "type": "send_email", "template": "thanks"}]}
+    timeline = journey_simulate(journey_or_definition=definition, workspace=ws.workspace, days=90)
+    reason = "no sales rep to route to: the routing pool is empty"
+    assert [(r["kind"], r.get("node"), r["detail"].get("reason")) for r in timeline] == [
+        ("entered", "alert", None), ("waiting", "alert", reason), ("horizon", "alert", reason)]
+    assert sent(timeline) == []
+
+
+def test_event_and_trait_lines_read_like_the_command_line():
+    from leadflow.journeys.simulate import simulation_events_parse, simulation_traits_parse
+
+    assert simulation_events_parse(
+        "0d Asset Downloaded magnet_slug=retirement-guide\n\n# a comment\n"
+        '2d12h "Form Submitted" form="contact us" seats=5\n'
+        "3d:Webinar Attended:webinar=spring,live=true\n"
+        "2026-03-04T10:00Z Demo Requested") == [
+        ("0d", "Asset Downloaded", {"magnet_slug": "retirement-guide"}),
+        ("2d12h", "Form Submitted", {"form": "contact us", "seats": 5}),
+        ("3d", "Webinar Attended", {"webinar": "spring", "live": True}),
+        ("2026-03-04T10:00Z", "Demo Requested", {})]
+    assert simulation_traits_parse('first_name = Ann\nseats=5\ncode = "007"\n\ntimezone = Europe/Paris') == {
+        "first_name": "Ann", "seats": 5, "code": "007", "timezone": "Europe/Paris"}
+    for text, message in [("soon Asset Downloaded", "events, line 1: 'soon' is neither an offset"),
+                          ("0d x\n2d", "events, line 2: write when, the event's name"),
+                          ("2d plan=pro", "the event's name comes before its properties"),
+                          ("2d Clicked url=x stray", "'stray' is not a property"),
+                          ('2d "Unclosed', "No closing quotation")]:
+        with pytest.raises(ServiceError, match=message):
+            simulation_events_parse(text)
+    with pytest.raises(ServiceError, match="traits, line 2: write name = value"):
+        simulation_traits_parse("plan = pro\nseats")
+
+
+# --- the dry run page -------------------------------------------------------------------------------
+
+@pytest.fixture
+def marketer(ws):
+    from django.test import Client
+
+    from leadflow.core.services import user_create
+
+    client = Client()
+    client.force_login(user_create(username="mara", password="pw-mara-123", workspace=ws.workspace, role="marketer"))
+    return client
+
+
+def timeline_rows(page: str) -> list[tuple[str, str, str]]:
+    """(kind, when, details) per row of the page's timeline, as text."""
+    import html
+    import re
+
+    table = page[page.index('data-testid="timeline"'):]
+    table = table[:table.index("</table>")]
+    out = []
+    for kind, cells in re.findall(r'<tr class="dry-[a-z_]+" data-kind="([a-z_]+)"[^>]*>(.*?)</tr>', table, re.S):
+        texts = [html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", c)).strip())
+                 for c in re.findall(r"<td[^>]*>(.*?)</td>", cells, re.S)]
+        out.append((kind, texts[1], texts[4]))
+    return out
+
+
+def test_the_dry_run_page_follows_a_hypothetical_person_day_by_day_and_writes_nothing(ws, frozen_clock, emails,
+                                                                                       marketer):
+    journey = apply(ws, nurture())
+    assert f'href="/journeys/{journey.pk}/dry-run/"' in marketer.get(f"/journeys/{journey.pk}/").content.decode()
+    form = marketer.get(f"/journeys/{journey.pk}/dry-run/").content.decode()
+    assert 'name="events"' in form and 'name="traits"' in form and 'name="contact"' in form
+    before = rows()
+    resp = marketer.post(f"/journeys/{journey.pk}/dry-run/", {
+        "who": "hypothetical", "traits": "first_name = Ann\ntimezone = America/New_York",
+        "events": "0d Asset Downloaded magnet_slug=retirement-guide", "days": "30", "version": "1"})
+    page = resp.content.decode()
+    assert resp.status_code == 200 and 'data-testid="dry-run-error"' not in page, page[:2000]
+    assert rows() == before, "no contact, event, enrollment, step, message or journey is left behind"
+    assert dispatch_run() == 0
+    timeline = timeline_rows(page)
+    assert [kind for kind, _, _ in timeline][:3] == ["event", "entered", "passed"]
+    assert timeline[0][2] == "Asset Downloaded (magnet_slug = retirement-guide)"
+    # 10:00 in New York, on days 2, 5 and 9 (the clocks change on 8 March).
+    assert [(when, details) for kind, when, details in timeline if kind == "sent"] == [
+        ("Wed 2026-03-04 10:00", "“Thanks for reading, Ann” template thanks · to simulated.person@example.com"),
+        ("Sat 2026-03-07 10:00", "“A client's story” template video · to simulated.person@example.com"),
+        ("Wed 2026-03-11 10:00", "“Your investment options” template infographic · to "
+                                 "simulated.person@example.com")]
+    assert timeline[-1][0] == "completed"
+    summary = page[page.index('data-testid="dry-run-summary"'):]
+    assert "(America/New_York) for 30 days: 3 emails" in summary[:300]
+    assert 'value="0d Asset Downloaded magnet_slug=retirement-guide"' not in page
+    assert "0d Asset Downloaded magnet_slug=retirement-guide</textarea>" in page, "the form keeps what was typed"
+
+
+def test_the_dry_run_page_follows_a_real_contact_found_by_email(ws, frozen_clock, emails, marketer):
+    journey = apply(ws, nurture())
+    send(ws, identify("ann", email="ann@example.com", first_name="Ann"),
+         identify("anna", email="anna@example.com", first_name="Anna"))
+    anna = contact_of(ws, "anna")
+    before = rows()
+    post = {"who": "contact", "contact": "ANN@example.com", "traits": "", "days": "10", "version": "1",
+            "events": "1h Asset Downloaded magnet_slug=retirement-guide"}
+    page = marketer.post(f"/journeys/{journey.pk}/dry-run/", post).content.decode()
+    assert "ann@example.com on version 1" in page
+    assert [d for k, _, d in timeline_rows(page) if k == "sent"][0] == (
+        "“Thanks for reading, Ann” template thanks · to ann@example.com")
+    page = marketer.post(f"/journeys/{journey.pk}/dry-run/", {**post, "contact": "@example"}).content.decode()
+    assert "2 contacts match &#x27;@example&#x27;: choose one" in page and 'data-testid="dry-run-result"' not in page
+    assert f'name="pick" value="{anna.pk}"' in page
+    page = marketer.post(f"/journeys/{journey.pk}/dry-run/", {**post, "contact": "@example", "pick": str(anna.pk)}
+                         ).content.decode()
+    assert "anna@example.com on version 1" in page and "“Thanks for reading, Anna”" in page
+    page = marketer.post(f"/journeys/{journey.pk}/dry-run/", {**post, "contact": "nna@"}).content.decode()
+    assert "anna@example.com on version 1" in page, "part of an email that matches one contact"
+    assert rows() == before
+
+
+def test_the_dry_run_page_refuses_bad_input_clearly_and_keeps_it(ws, frozen_clock, emails, marketer):
+    journey = apply(ws, nurture())
+    good = {"who": "hypothetical", "traits": "", "events": "0d Asset Downloaded", "days": "90", "version": "1"}
+    before = rows()
+    for change, message in [
+            ({"events": "0d Asset Downloaded\nsoon Demo Requested"},
+             "events, line 2: &#x27;soon&#x27; is neither an offset from the start"),
+            ({"events": "2d"}, "events, line 1: write when, the event&#x27;s name and its properties"),
+            ({"traits": "plan"}, "traits, line 1: write name = value"),
+            ({"days": "a week"}, "days: &#x27;a week&#x27; is not a number"),
+            ({"days": "0"}, "days: more than 0 and at most 3650"),
+            ({"days": "nan"}, "days: more than 0 and at most 3650"),
+            ({"start": "tomorrow"}, "start: &#x27;tomorrow&#x27; is not a date and time"),
+            ({"start": "2020-01-01T00:00Z", "events": "2019-12-31T00:00Z Demo Requested"},
+             "happens before the simulation starts"),
+            ({"who": "contact", "contact": ""}, "enter the email of the contact to follow"),
+            ({"who": "contact", "contact": "ghost@example.com"}, "no contact matches &#x27;ghost@example.com&#x27;"),
+            ({"version": "7"}, "choose a version of the journey")]:
+        resp = marketer.post(f"/journeys/{journey.pk}/dry-run/", {**good, **change})
+        page = resp.content.decode()
+        assert resp.status_code == 200 and 'data-testid="dry-run-error"' in page, change
+        error = page[page.index('data-testid="dry-run-error"'):]
+        assert message in error[:400], (change, error[:400])
+        assert 'data-testid="dry-run-result"' not in page
+        for key, value in change.items():
+            if key in ("events", "traits"):
+                assert f">{value}</textarea>" in page.replace("&#x27;", "'"), "what was typed stays"
+    assert rows() == before
+
+
+def test_readers_may_run_a_dry_run_and_other_workspaces_may_not(ws, other_ws, frozen_clock, emails):
+    from django.test import Client
+
+    from leadflow.core.services import user_create
+
+    journey = apply(ws, nurture())
+    analyst = Client()
+    analyst.force_login(user_create(username="ana", password="pw-ana-12345", workspace=ws.workspace, role="analyst"))
+    resp = analyst.post(f"/journeys/{journey.pk}/dry-run/", {"who": "hypothetical", "days": "10", "version": "1"})
+    assert resp.status_code == 200 and 'data-testid="dry-run-result"' in resp.content.decode()
+    outsider = Client()
+    outsider.force_login(user_create(username="olga", password="pw-olga-123", workspace=other_ws.workspace,
+                                     role="admin"))
+    assert outsider.get(f"/journeys/{journey.pk}/dry-run/").status_code == 404
+    assert outsider.post(f"/journeys/{journey.pk}/dry-run/", {"days": "10"}).status_code == 404

@@ -6,6 +6,7 @@ layout and editor functions on their own."""
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from django.test import Client
 from leadflow.journeys.yamlio import yaml_load_all
 from leadflow.core.services import user_create
 from leadflow.journeys import language as lang
+from leadflow.journeys.demo import demo_apply, examples_load
 from leadflow.journeys.models import Enrollment, Journey
 from leadflow.messaging.events import message_event_record
 from leadflow.messaging.models import Message
@@ -245,6 +247,141 @@ def post_of(state: editor.EditorState) -> dict:
     return data
 
 
+class FormFields(HTMLParser):
+    """What a browser posts for the form with `form_id`, read from the page: text and hidden inputs,
+    ticked boxes, each select's selected option (else its first), textareas (less the one leading
+    newline the HTML parser drops); no buttons (the clicked one is added by the caller), nothing
+    disabled, nothing inside a `<template>`."""
+
+    def __init__(self, form_id: str):
+        super().__init__(convert_charrefs=True)
+        self.form_id, self.inside, self.templates = form_id, False, 0
+        self.fields: list[tuple[str, str]] = []
+        self.select: dict | None = None
+        self.option: dict | None = None
+        self.textarea: dict | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "form" and a.get("id") == self.form_id:
+            self.inside = True
+        if tag == "template":
+            self.templates += 1
+        if not self.inside or self.templates or "disabled" in a:
+            return
+        if tag == "input" and a.get("name"):
+            kind = (a.get("type") or "text").lower()
+            if kind in ("submit", "button", "image", "reset", "file"):
+                return
+            if kind in ("checkbox", "radio") and "checked" not in a:
+                return
+            self.fields.append((a["name"], a.get("value") or ("on" if kind in ("checkbox", "radio") else "")))
+        elif tag == "select" and a.get("name"):
+            self.select = {"name": a["name"], "first": None, "chosen": None}
+        elif tag == "option" and self.select is not None:
+            self.option = {"value": a.get("value"), "text": "", "selected": "selected" in a}
+        elif tag == "textarea" and a.get("name"):
+            self.textarea = {"name": a["name"], "text": ""}
+
+    def handle_data(self, data):
+        if self.option is not None:
+            self.option["text"] += data
+        if self.textarea is not None:
+            self.textarea["text"] += data
+
+    def _option_end(self):
+        if self.option is not None and self.select is not None:
+            value = self.option["value"] if self.option["value"] is not None else self.option["text"].strip()
+            if self.select["first"] is None:
+                self.select["first"] = value
+            if self.option["selected"]:
+                self.select["chosen"] = value
+        self.option = None
+
+    def handle_endtag(self, tag):
+        if tag == "template":
+            self.templates -= 1
+        elif tag == "option":
+            self._option_end()
+        elif tag == "select" and self.select is not None:
+            self._option_end()
+            chosen = self.select["chosen"] if self.select["chosen"] is not None else self.select["first"]
+            if chosen is not None:
+                self.fields.append((self.select["name"], chosen))
+            self.select = None
+        elif tag == "textarea" and self.textarea is not None:
+            text = self.textarea["text"]
+            self.fields.append((self.textarea["name"], text[1:] if text.startswith("\n") else text))
+            self.textarea = None
+        elif tag == "form" and self.inside:
+            self.inside = False
+
+
+def form_post(page: str, form_id: str = "journey-editor", **clicked) -> dict[str, list[str]]:
+    """The post a browser makes when the form is submitted as it stands (plus the button `clicked`)."""
+    parser = FormFields(form_id)
+    parser.feed(page)
+    assert parser.fields, f"no form {form_id!r} on the page"
+    data: dict[str, list[str]] = {}
+    for name, value in [*parser.fields, *clicked.items()]:
+        data.setdefault(name, []).append(value)
+    return data
+
+
+def test_the_entry_condition_is_posted_under_the_name_the_editor_reads(ws, marketer):
+    """The "who may enter" box's fields are named `entry-…` on the page and read back as such: a
+    condition chosen there is saved, kept by an unchanged save, and cleared by choosing everyone."""
+    from leadflow.segments import services as segment_services
+
+    segment_services.segment_create(workspace=ws.workspace, name="Prospects", kind="dynamic", actor="test",
+                                    definition={"version": 1, "field": "traits.plan", "op": "eq", "value": "pro"})
+    template(ws, "thanks")
+    journey = apply(ws, {**NURTURE, "entry": {"field": "traits.plan", "op": "neq", "value": "free"}})
+    page = marketer.get(f"/journeys/{journey.pk}/edit/").content.decode()
+    data = form_post(page, action="save")
+    assert data["entry-mode"] == ["field"] and data["entry-field"] == ["traits.plan"], sorted(data)
+    assert data["entry-op"] == ["neq"] and data["entry-value"] == ["free"]
+    resp = marketer.post(f"/journeys/{journey.pk}/edit/", data, follow=True)
+    assert "Nothing changed: version 1 is the same" in resp.content.decode()
+    data.update({"entry-mode": ["segment"], "entry-segment": ["prospects"]})
+    marketer.post(f"/journeys/{journey.pk}/edit/", data)
+    assert journey.versions.get(number=2).definition["entry"] == {"in_segment": "prospects", "version": 1}
+    page = marketer.get(f"/journeys/{journey.pk}/edit/").content.decode()
+    data = form_post(page, action="save")
+    assert data["entry-mode"] == ["segment"] and data["entry-segment"] == ["prospects"]
+    data["entry-mode"] = [""]
+    marketer.post(f"/journeys/{journey.pk}/edit/", data)
+    assert journey.versions.get(number=3).definition.get("entry") is None
+
+
+def test_an_unchanged_save_of_every_shipped_example_changes_nothing(ws, marketer):
+    """Each example journey, as `leadflow demo` sets it up, opened in the editor and saved as the
+    page stands (the fields the page's form posts, read from the page): "Nothing changed", no new
+    version, the same definition. The examples cover every kind of condition the editor shows
+    (entry filters with groups in the JSON box, segments, fields, events), switches, splits,
+    streams and goals."""
+    user_create(username="ada", password="pw-ada-12345", workspace=ws.workspace, role="admin")
+    demo_apply(workspace=ws.workspace, actor="test:demo")
+    slugs = [data["slug"] for _, data in examples_load().journeys]
+    journeys = {j.slug: j for j in Journey.objects.filter(workspace=ws.workspace, slug__in=slugs)}
+    assert set(journeys) == set(slugs) and len(slugs) >= 7
+    assert any(data.get("entry") for _, data in examples_load().journeys), "an example has an entry filter"
+    problems = []
+    for slug in slugs:
+        journey = journeys[slug]
+        before = journey.versions.order_by("-number").first()
+        page = marketer.get(f"/journeys/{journey.pk}/edit/").content.decode()
+        resp = marketer.post(f"/journeys/{journey.pk}/edit/", form_post(page, action="save"), follow=True)
+        text = resp.content.decode()
+        latest = journey.versions.order_by("-number").first()
+        if f"Nothing changed: version {before.number} is the same" not in text or latest.pk != before.pk:
+            error = re.search(r'data-testid="editor-error"><p>(.*?)</p>', text, re.S)
+            problems.append((slug, error.group(1) if error else "saved a new version",
+                             {k: (before.definition.get(k), latest.definition.get(k)) for k in before.definition
+                              if before.definition.get(k) != latest.definition.get(k)}))
+    assert not problems, problems
+
+
 def test_saving_from_the_yaml_box(ws, marketer):
     template(ws, "thanks")
     text = yaml.safe_dump({**NURTURE, "slug": None, "name": "From YAML"}, sort_keys=False).replace("slug: null\n", "")
@@ -256,6 +393,37 @@ def test_saving_from_the_yaml_box(ws, marketer):
     resp = marketer.post("/journeys/new/", {"action": "save-advanced", "advanced": yaml.safe_dump(
         {**NURTURE, "slug": journey.slug})})
     assert "exists already" in resp.content.decode() and Journey.objects.count() == 1
+
+
+def test_the_journey_page_says_who_waits_for_a_sales_rep_and_why(ws, marketer, frozen_clock):
+    """With nobody to route leads to, the page names the people waiting at the sales alert step
+    and why (a notice, the step's people list), and the unpublished version's findings warn."""
+    definition = {"name": "Hot leads", "slug": "hot", "triggers": [{"event": "Go"}],
+                  "nodes": [{"id": "alert-advisor", "type": "sales_alert", "note": "hot", "next": "tag"},
+                            {"id": "tag", "type": "tag", "add": ["handed"]}]}
+    journey = apply(ws, definition)
+    send(ws, *[identify(f"u{i}", email=f"u{i}@example.com") for i in range(2)])
+    send(ws, *[track(f"u{i}", "Go") for i in range(2)])
+    page = marketer.get(f"/journeys/{journey.pk}/").content.decode()
+    notice = page[page.index('data-testid="stuck"'):]
+    notice = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", notice[:notice.index("</section>")]))
+    assert "2 people wait at alert-advisor: no sales rep to route to: the routing pool is empty." in notice
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    assert "2 waiting · 0 passed" in re.search(r'data-testid="node-alert-advisor">(.*?)</a>', svg, re.S).group(1)
+    people = marketer.get(f"/journeys/{journey.pk}/?node=alert-advisor").content.decode()
+    section = people[people.index('id="people"'):]
+    assert "u0@example.com" in section and section.count("the routing pool is empty") == 2
+    apply(ws, {**definition, "name": "Hot leads 2"}, publish=False)
+    page = marketer.get(f"/journeys/{journey.pk}/").content.decode()
+    pending = page[page.index('data-testid="pending"'):page.index('data-testid="numbers"')]
+    assert "no_sales_rep" in pending and "routing has nobody to give them to" in pending
+    rep = user_create(username="rep", password="pw-rep-12345", workspace=ws.workspace, role="sales")
+    from leadflow.lifecycle.services import lifecycle_settings_update
+
+    lifecycle_settings_update(workspace=ws.workspace, changes={"default_pool": [rep.pk]}, actor="test")
+    tick(frozen_clock, minutes=1)
+    page = marketer.get(f"/journeys/{journey.pk}/").content.decode()
+    assert 'data-testid="stuck"' not in page and "no_sales_rep" not in page
 
 
 # --- status, people by hand, export, roles ----------------------------------------------------------

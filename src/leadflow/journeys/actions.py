@@ -7,6 +7,11 @@ lead hot plus an email through the notification outbox, and a task is a `SalesTa
 inbox. The journey, the step, its note and its task are in the alert before its email is written,
 so the rep reads them in the email too. Tasks and alerts carry the step's dedupe key
 (`engine.dedupe_key`): a pass redone after a crash finds them and adds nothing.
+
+A lead nobody can take (the routing pool is empty, or nobody in it is available) is treated as an
+MQL is outside journeys: it keeps no owner and routing is tried again later. The person waits at
+the alert step meanwhile (`nodes.sales_alert`), and the step's history says why
+(`routing_gap`).
 """
 
 from __future__ import annotations
@@ -28,11 +33,44 @@ def _journey_context(p, node, task: str = "") -> dict:
             "journey_step": node.id}
 
 
-def sales_alerts_send(p, node: lang.SalesAlertNode, enrollments: list[Enrollment]) -> None:
+def routing_gap(router) -> str:
+    """Why routing found nobody for a lead: the words the step's history, the journey page and
+    the linter show."""
+    default = [int(u) for u in router.settings.default_pool or []]
+    listed = list(default)
+    for rule in router.rules:
+        listed += [rule.target_user_id] if rule.target_user_id else [int(u) for u in rule.pool or []]
+    if not listed:
+        return "no sales rep to route to: the routing pool is empty"
+    if not any(router.available(u) for u in listed):
+        return ("no sales rep to route to: nobody in the routing pool is available (away, at their limit of "
+                "open leads, or no longer a sales member)")
+    if not default:
+        return "no sales rep to route to: no routing rule matched the lead and the default pool is empty"
+    return "no sales rep to route to: no routing rule matched the lead and nobody in the default pool is available"
+
+
+def sales_reps_missing(*, workspace_id: int, now: dt.datetime) -> str | None:
+    """Why no lead at all can be routed in the workspace now (nobody in the default pool or in a
+    routing rule can take one), or None when someone can. Leads of companies with an account
+    owner still go to that owner."""
+    from leadflow.lifecycle.services import Router
+
+    router = Router(workspace_id, now)
+    candidates = [int(u) for u in router.settings.default_pool or []]
+    for rule in router.rules:
+        candidates += [rule.target_user_id] if rule.target_user_id else [int(u) for u in rule.pool or []]
+    if any(router.available(u) for u in candidates):
+        return None
+    return routing_gap(router)
+
+
+def sales_alerts_send(p, node: lang.SalesAlertNode, enrollments: list[Enrollment]) -> tuple[dict[int, int], str]:
     """Route each lead to an owner and alert them; a lead that already has an open assignment
-    keeps its owner, who is alerted again with the journey's context."""
+    keeps its owner, who is alerted again with the journey's context. Returns the owner of each
+    lead handed over (by contact id) and, when some could not be, why (`routing_gap`)."""
     from leadflow.lifecycle.models import Assignment, SalesAlert
-    from leadflow.lifecycle.services import OPEN_STATUSES, alerts_create, leads_route
+    from leadflow.lifecycle.services import OPEN_STATUSES, Router, alerts_create, leads_route
 
     workspace_id = p.journey.workspace_id
     contacts, keys = {}, {}
@@ -40,15 +78,18 @@ def sales_alerts_send(p, node: lang.SalesAlertNode, enrollments: list[Enrollment
         contacts.setdefault(e.contact_id, p.contacts[e.contact_id])
         keys.setdefault(e.contact_id, dedupe_key(e, node.id))
     extra = {contact_id: _journey_context(p, node) for contact_id in contacts}
-    made = leads_route(workspace_id=workspace_id, now=p.now, alert_extra=extra, alert_keys=keys,
+    router = Router(workspace_id, p.now)
+    made = leads_route(workspace_id=workspace_id, now=p.now, alert_extra=extra, alert_keys=keys, router=router,
                        leads=[(c, _reason(p, node.note)) for c in contacts.values()])
-    routed = {a.contact_id for a in made}
+    owners = {a.contact_id: a.owner_id for a in made}
     open_ones = list(Assignment.objects.filter(workspace_id=workspace_id, status__in=OPEN_STATUSES,
-                                               contact_id__in=[pk for pk in contacts if pk not in routed])
+                                               contact_id__in=[pk for pk in contacts if pk not in owners])
                      .select_related("contact"))
     if open_ones:
         alerts_create(workspace_id=workspace_id, assignments=open_ones, now=p.now, kind=SalesAlert.Kind.NEW_LEAD,
                       extra=extra, keys=keys)
+        owners.update({a.contact_id: a.owner_id for a in open_ones})
+    return owners, (routing_gap(router) if len(owners) < len(contacts) else "")
 
 
 def owners_notify(p, node: lang.NotifyOwnerNode, enrollments: list[Enrollment]) -> set[int]:

@@ -624,6 +624,24 @@ def _waits(workspace_id: int, definition: lang.Definition) -> list[Finding]:
     return findings
 
 
+def _sales_reps(workspace_id: int, definition: lang.Definition) -> list[Finding]:
+    """A sales alert step in a workspace where routing has nobody to give a lead to."""
+    from leadflow.journeys.actions import sales_reps_missing
+
+    alerts = _nodes_of(definition, lang.SalesAlertNode)
+    if not alerts:
+        return []
+    gap = sales_reps_missing(workspace_id=workspace_id, now=clock.now())
+    if gap is None:
+        return []
+    return [Finding(WARNING, "no_sales_rep", f"nodes[{i}]",
+                    f"{_label(node)} hands people to sales, but routing has nobody to give them to "
+                    f"({gap.removeprefix('no sales rep to route to: ')}): they will wait at this step until a "
+                    "rep can take them. Add an available sales rep to the default pool or a routing rule "
+                    "(Sales → Lifecycle and routing).")
+            for i, node in alerts]
+
+
 def _conflicts(workspace_id: int, definition: lang.Definition, journey) -> list[Finding]:
     from leadflow.journeys.engine import version_definition
     from leadflow.journeys.models import Journey, JourneyStatus
@@ -683,7 +701,7 @@ def journey_lint(*, workspace_id: int, definition, journey=None) -> list[Finding
         except lang.JourneyError as exc:
             return [Finding(ERROR, "invalid", exc.path, exc.reason)]
     findings = graph_lint(definition)
-    for check in (_templates, _streams, _endpoints, _segments, _journeys, _users, _stages, _waits):
+    for check in (_templates, _streams, _endpoints, _segments, _journeys, _users, _stages, _waits, _sales_reps):
         findings += check(workspace_id, definition)
     findings += _conflicts(workspace_id, definition, journey)
     findings += _stale(journey)

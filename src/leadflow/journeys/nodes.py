@@ -382,12 +382,38 @@ def stage(p: Pass, node: lang.StageNode, enrollments: list[Enrollment]) -> None:
         p.go(e, node.next, to=node.to)
 
 
+# A lead nobody can take waits at its sales alert step and routing is tried again: after a
+# minute, then twice as long each time, at most every ROUTE_RETRY_MAX (MQLs nobody can take are
+# routed again every minute by the lifecycle timers).
+ROUTE_RETRY_FIRST = dt.timedelta(minutes=1)
+ROUTE_RETRY_MAX = dt.timedelta(minutes=15)
+
+
+def route_retry_after(tries: int) -> dt.timedelta:
+    return min(ROUTE_RETRY_MAX, ROUTE_RETRY_FIRST * 2 ** min(tries, 16))
+
+
 def sales_alert(p: Pass, node: lang.SalesAlertNode, enrollments: list[Enrollment]) -> None:
+    """Hand each lead to sales and move on. A lead routing cannot give to anyone stays at the step
+    (as an MQL nobody can take stays unassigned and is routed again): the history says why once,
+    the enrollment keeps the reason (`data["waiting_for"]`, shown on the journey page), and the
+    step is tried again later until a rep can take the lead."""
     from leadflow.journeys.actions import sales_alerts_send
 
-    sales_alerts_send(p, node, enrollments)
+    owners, gap = sales_alerts_send(p, node, enrollments)
     for e in enrollments:
-        p.go(e, node.next)
+        owner = owners.get(e.contact_id)
+        if owner is not None:
+            e.data.pop("route_tries", None)
+            e.data.pop("waiting_for", None)
+            p.go(e, node.next, owner=owner)
+            continue
+        tries = int(e.data.get("route_tries", 0))
+        if e.resume == ARRIVE or e.data.get("waiting_for") != gap:
+            p.step(e, StepKind.WAITING, reason=gap)
+        e.data["waiting_for"] = gap
+        e.data["route_tries"] = tries + 1
+        p.wait(e, p.now + route_retry_after(tries))
 
 
 def notify_owner(p: Pass, node: lang.NotifyOwnerNode, enrollments: list[Enrollment]) -> None:

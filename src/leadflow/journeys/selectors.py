@@ -406,3 +406,21 @@ def journey_waiting_by_node(*, journey: Journey, version: JourneyVersion) -> dic
     """{node id: people on `version` waiting there now}: what a new version may migrate."""
     return dict(Enrollment.objects.filter(journey=journey, version=version, state=EnrollmentState.ACTIVE)
                 .order_by().values_list("node").annotate(n=Count("pk")))
+
+
+@dataclasses.dataclass
+class StuckGroup:
+    """People waiting at a step for something outside the journey (a sales rep to route them to)."""
+
+    node: str
+    reason: str
+    count: int
+
+
+def journey_stuck(*, journey: Journey) -> list[StuckGroup]:
+    """Who waits at a sales alert step because routing has nobody to give them to, by step and
+    reason (one query)."""
+    rows = (Enrollment.objects.filter(journey=journey, state=EnrollmentState.ACTIVE, data__has_key="waiting_for")
+            .order_by().values_list("node", KT("data__waiting_for")).annotate(n=Count("pk")))
+    return sorted((StuckGroup(node=node, reason=reason or "", count=n) for node, reason, n in rows),
+                  key=lambda g: (g.node, g.reason))

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import re
+import shlex
 import uuid
 
 from django.db import transaction
@@ -38,7 +40,7 @@ from leadflow.core import clock
 from leadflow.core.models import Workspace
 from leadflow.core.services import ServiceError
 from leadflow.journeys import language as lang
-from leadflow.journeys.engine import journeys_advance, version_definition
+from leadflow.journeys.engine import WAITING, journeys_advance, version_definition
 from leadflow.journeys.models import Enrollment, EnrollmentState, EnrollmentStep, Journey, JourneyStatus, JourneyVersion
 
 MAX_DAYS = 3650
@@ -86,6 +88,92 @@ def moment_parse(value, *, start: dt.datetime) -> dt.datetime:
             except ValueError:
                 raise ServiceError(f"{value!r} is neither an offset (2d, 12h) nor an ISO date-time") from None
     raise ServiceError(f"{value!r} is neither an offset (2d, 12h) nor a date-time")
+
+
+def _typed(text: str):
+    """A value as typed on a line: JSON when it reads as JSON (numbers, true, null, lists), else text
+    (as the command line's NAME=VALUE)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def simulation_traits_parse(text: str) -> dict:
+    """Traits written one a line, `name = value` (`plan = pro`, `seats = 5`, `timezone = Europe/Paris`)."""
+    out = {}
+    for number, line in enumerate(str(text).splitlines(), 1):
+        if not line.strip() or line.strip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            raise ServiceError(f"traits, line {number}: write name = value, such as plan = pro")
+        out[name.strip()] = _typed(value.strip())
+    return out
+
+
+def _offset_or_moment(text: str, where: str) -> str:
+    try:
+        duration_parse(text)
+        return text
+    except ServiceError:
+        pass
+    try:
+        clock.parse_iso(text)
+    except ValueError:
+        raise ServiceError(f"{where}: {text!r} is neither an offset from the start (0d, 2d, 36h, 1d12h) nor an "
+                           "ISO date-time (2026-03-04T10:00Z)") from None
+    return text
+
+
+def _properties(pairs: list[str], where: str) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ServiceError(f"{where}: {pair!r} is not a property; write key=value, such as magnet_slug=guide")
+        out[key.strip()] = _typed(value.strip())
+    return out
+
+
+def simulation_event_parse(line: str, *, where: str = "event") -> tuple[str, str, dict]:
+    """One event of a dry run as (when, name, properties) from `WHEN NAME [key=value …]`
+    (`2d Asset Downloaded magnet_slug=retirement-guide`; quote what has spaces:
+    `0d "Form Submitted" form="contact us"`) or the command line's `WHEN:NAME[:key=value,…]`.
+    WHEN is an offset from the start (`0d`, `2d`, `36h`) or an ISO date-time."""
+    text = line.strip()
+    colon = re.fullmatch(r"([^\s:]+):([^:]+)(?::(.*))?", text)
+    if colon is not None and not _DURATION.sub("", colon.group(1).lstrip("+")):
+        name = colon.group(2).strip()
+        if not name:
+            raise ServiceError(f"{where}: the event needs a name")
+        pairs = [p for p in (colon.group(3) or "").split(",") if p.strip()]
+        return colon.group(1), name, _properties(pairs, where)
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise ServiceError(f"{where}: {exc}") from None
+    if len(words) < 2:
+        raise ServiceError(f"{where}: write when, the event's name and its properties, such as "
+                           "2d Asset Downloaded magnet_slug=retirement-guide")
+    when = _offset_or_moment(words[0], where)
+    name_words = []
+    for i, word in enumerate(words[1:], 1):
+        if "=" in word:
+            if not name_words:
+                raise ServiceError(f"{where}: the event's name comes before its properties")
+            return when, " ".join(name_words), _properties(words[i:], where)
+        name_words.append(word)
+    return when, " ".join(name_words), {}
+
+
+def simulation_events_parse(text: str) -> list[tuple[str, str, dict]]:
+    """Events one a line (`simulation_event_parse`); empty lines and `#` comments are skipped."""
+    out = []
+    for number, line in enumerate(str(text).splitlines(), 1):
+        if line.strip() and not line.strip().startswith("#"):
+            out.append(simulation_event_parse(line, where=f"events, line {number}"))
+    return out
 
 
 def _definition_of(journey_or_definition, workspace: Workspace) -> tuple[lang.Definition, str]:
@@ -203,9 +291,11 @@ def _timeline(journey: Journey, definition: lang.Definition, contact: Contact, f
                                   "detail": {"reason": "no trigger fired or the entry filter kept them out"}}))
     for e in enrollments:
         if e.state == EnrollmentState.ACTIVE:
+            detail = {"due_at": e.due_at, "waiting_for": e.wait_event}
+            if e.data.get("waiting_for"):  # a sales alert nobody can take: no retry helps in a dry run
+                detail = {"due_at": None, "waiting_for": "", "reason": e.data["waiting_for"]}
             rows.append((horizon, 2, {"at": horizon, "kind": "horizon", "node": e.node,
-                                      "type": getattr(definition.node(e.node), "type", ""),
-                                      "detail": {"due_at": e.due_at, "waiting_for": e.wait_event}}))
+                                      "type": getattr(definition.node(e.node), "type", ""), "detail": detail}))
     return [entry for _, _, entry in sorted(rows, key=lambda r: (r[0], r[1]))]
 
 
@@ -268,6 +358,7 @@ def _run(definition: lang.Definition, name: str, workspace: Workspace, contact: 
         enroll(journey=journey, definition=definition, entries=[(contact, "simulation", {"manual": "simulation"})],
                now=now)
 
+    rep_waits = [n.id for n in definition.nodes if n.type == "sales_alert"]
     pending = list(timed)
     fed = []
     for _ in range(MAX_MOMENTS):
@@ -279,7 +370,9 @@ def _run(definition: lang.Definition, name: str, workspace: Workspace, contact: 
                 _feed(workspace, ident, [{"type": "track", "event": n, "properties": p} for _, n, p in due])
             if not journeys_advance(now=now, journey_ids=[journey.pk]):
                 break
+        # A lead waiting at a sales alert for a rep is left there: nothing in a dry run adds one.
         next_due = (Enrollment.objects.filter(journey=journey, state=EnrollmentState.ACTIVE, due_at__isnull=False)
+                    .exclude(node__in=rep_waits, resume=WAITING)
                     .order_by("due_at").values_list("due_at", flat=True).first())
         moments = [m for m in (next_due, pending[0][0] if pending else None) if m is not None]
         if not moments or min(moments) > horizon or min(moments) <= now:
@@ -319,8 +412,9 @@ def tick_start() -> dt.datetime:
 
 def _next_due(after: dt.datetime) -> dt.datetime | None:
     """The first moment after `after` when something is due: an enrollment (of a journey the
-    engine advances), a queued or deferred email, a webhook delivery, a sales deadline (accept
-    or work SLA, a recycled lead's return), a scheduled broadcast or an A/B decision."""
+    engine advances; a sales alert trying again to find a rep is left to the `step` stops), a
+    queued or deferred email, a webhook delivery, a sales deadline (accept or work SLA, a recycled
+    lead's return), a scheduled broadcast or an A/B decision."""
     from leadflow.journeys.models import WebhookDelivery
     from leadflow.lifecycle.models import Assignment, AssignmentStatus
     from leadflow.messaging.models import Broadcast, Message
@@ -329,8 +423,10 @@ def _next_due(after: dt.datetime) -> dt.datetime | None:
         return query.filter(**{f"{field}__gt": after}).aggregate(at=Min(field))["at"]
 
     times = [
+        # (not the retries of a sales alert waiting for a rep: the clock's daily stops run them)
         first(Enrollment.objects.filter(state=EnrollmentState.ACTIVE,
-                                        journey__status__in=[JourneyStatus.LIVE, JourneyStatus.ARCHIVED]), "due_at"),
+                                        journey__status__in=[JourneyStatus.LIVE, JourneyStatus.ARCHIVED])
+              .exclude(data__has_key="waiting_for"), "due_at"),
         first(Message.objects.filter(status__in=["queued", "deferred"]), "not_before"),
         first(WebhookDelivery.objects.filter(status="pending"), "next_attempt_at"),
         first(Assignment.objects.filter(status=AssignmentStatus.ASSIGNED), "accept_due_at"),

@@ -133,6 +133,9 @@ TRIGGER_LABELS = {"event": "does an event", "segment_entered": "enters a segment
                   "grade": "the fit grade reaches a grade",
                   "stage_changed": "changes lifecycle stage", "date_trait": "a date comes (N days before/after)",
                   "manual": "only by hand or the API"}
+# The journey's "who may enter" condition: one filter field whose parts are posted as `entry-mode`,
+# `entry-segment`, … (`state_from_post` reads them back under the same name).
+ENTRY = Param("entry", "Who may enter", "filter", modes=OPTIONAL_MODES)
 GOAL_PARAMS = [Param("name", "Name", placeholder="Became MQL"),
                Param("when", "When the person", "filter", modes=GOAL_MODES),
                Param("where", "Event only when (property = value, one a line)", "where")]
@@ -416,7 +419,7 @@ def state_from_post(post) -> EditorState:
     """The rows as posted (rows marked for removal left out), ready to show again or to read."""
     top = {key: post.get(key, "") for key in ("name", "description", "reentry", "reentry_days", "cap_emails",
                                              "cap_days", "start")}
-    top["entry"] = _posted(post, "entry", Param("entry", "", "filter", modes=OPTIONAL_MODES))
+    top["entry"] = _posted(post, ENTRY.key, ENTRY)
     sections: dict[str, list[Row]] = {}
     for section in SECTIONS:
         rows = []
@@ -731,23 +734,30 @@ def state_row_errors(state: EditorState, path: str, message: str) -> None:
 
 def field_views(prefix: str, params: list[Param], values: dict, options: dict) -> list[dict]:
     """Everything the template needs to draw a row's fields."""
-    out = []
-    for param in params:
-        name = f"{prefix}-{param.key}"
-        value = values.get(param.key, _value_text(param, None))
-        choices = list(options.get(param.kind, [])) or list(param.choices)
-        if isinstance(value, str) and value and choices and value not in {v for v, _ in choices}:
-            choices.insert(0, (value, f"{value} (not found)"))
-        view = {"param": param, "name": name, "id": f"id_{name}", "value": value, "options": choices,
-                "multiline": param.kind in ("where", "kv", "cases", "paths", "json")}
-        if param.kind == "filter":
-            view["modes"] = [(m, MODE_LABELS[m]) for m in param.modes]
-            view["ops"] = [(op, OP_LABELS[op]) for op in FIELD_OPS]
-            view["segments"] = list(options.get("segment", []))
-            chosen = (value or {}).get("segment", "")
-            if chosen and chosen not in {v for v, _ in view["segments"]}:
-                view["segments"].insert(0, (chosen, f"{chosen} (not found)"))
-        elif param.kind == "weekdays":
-            view["days"] = [(key, label, key in (value or [])) for key, label in WEEKDAY_LABELS]
-        out.append(view)
-    return out
+    return [field_view(f"{prefix}-{param.key}", param, values.get(param.key, _value_text(param, None)), options)
+            for param in params]
+
+
+def entry_view(state: EditorState, options: dict) -> dict:
+    """The "who may enter" field, named as `state_from_post` reads it back."""
+    return field_view(ENTRY.key, ENTRY, state.top.get("entry") or _filter_parts(None, ENTRY.modes), options)
+
+
+def field_view(name: str, param: Param, value: Any, options: dict) -> dict:
+    """What the template needs to draw one field posted as `name` (a filter's parts as
+    `name-mode`, `name-segment`, …)."""
+    choices = list(options.get(param.kind, [])) or list(param.choices)
+    if isinstance(value, str) and value and choices and value not in {v for v, _ in choices}:
+        choices.insert(0, (value, f"{value} (not found)"))
+    view = {"param": param, "name": name, "id": f"id_{name}", "value": value, "options": choices,
+            "multiline": param.kind in ("where", "kv", "cases", "paths", "json")}
+    if param.kind == "filter":
+        view["modes"] = [(m, MODE_LABELS[m]) for m in param.modes]
+        view["ops"] = [(op, OP_LABELS[op]) for op in FIELD_OPS]
+        view["segments"] = list(options.get("segment", []))
+        chosen = (value or {}).get("segment", "")
+        if chosen and chosen not in {v for v, _ in view["segments"]}:
+            view["segments"].insert(0, (chosen, f"{chosen} (not found)"))
+    elif param.kind == "weekdays":
+        view["days"] = [(key, label, key in (value or [])) for key, label in WEEKDAY_LABELS]
+    return view

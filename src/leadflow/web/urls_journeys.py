@@ -12,5 +12,6 @@ urlpatterns = [
     path("<int:journey_id>/publish/", views.journey_publish_view, name="journey-publish"),
     path("<int:journey_id>/people/", views.journey_people_change, name="journey-people"),
     path("<int:journey_id>/export/", views.journey_export_view, name="journey-export"),
+    path("<int:journey_id>/dry-run/", views.journey_dry_run, name="journey-dry-run"),
     path("<int:journey_id>/<str:action>/", views.journey_status_view, name="journey-status"),
 ]

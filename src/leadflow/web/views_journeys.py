@@ -1,11 +1,13 @@
 """Journey pages: the list with each journey's key numbers; a journey's page (its graph with the
-figures on every node, the people at a node, holdout lift, versions with their definitions, lint
-findings, publish, pause/resume/archive, enrolling people by hand); and the form-based editor
-(rows of fields per trigger, goal and node, plus a YAML/JSON box), where saving makes a new
-version and publishing is a separate step on the journey's page."""
+figures on every node, the people at a node, who waits for a sales rep, holdout lift, versions with
+their definitions, lint findings, publish, pause/resume/archive, enrolling people by hand); the dry
+run of one person (`journeys.simulate`); and the form-based editor (rows of fields per trigger,
+goal and node, plus a YAML/JSON box), where saving makes a new version and publishing is a
+separate step on the journey's page."""
 
 from __future__ import annotations
 
+import datetime as dt
 from urllib.parse import urlencode
 
 import orjson
@@ -142,6 +144,7 @@ def journey_detail(request: HttpRequest, journey_id: int) -> HttpResponse:
         "triggers": [trigger_summary(t) for t in stored.get("triggers", [])],
         "goals": [(g["name"], f"does “{g['event']}”" if g.get("event") else "matches a filter")
                   for g in stored.get("goals", [])],
+        "stuck": selectors.journey_stuck(journey=journey),
     })
 
 
@@ -224,6 +227,145 @@ def journey_export_view(request: HttpRequest, journey_id: int) -> HttpResponse:
         extension = "yaml"
     response["Content-Disposition"] = f'attachment; filename="journey-{journey.slug}.{extension}"'
     return response
+
+
+# --- the dry run ----------------------------------------------------------------------------------
+
+DRY_RUN_MATCHES = 10
+# What each kind of timeline row says, in the words of the page.
+DRY_RUN_KINDS = {"event": "Event", "entered": "Enters", "passed": "Passes", "sent": "Email", "webhook": "Webhook",
+                 "waiting": "Waits", "skipped": "Skipped", "converted": "Converts", "exited": "Exits",
+                 "completed": "Completes the journey", "failed": "Fails", "migrated": "Moved",
+                 "horizon": "Still in the journey", "not_entered": "Does not enter"}
+
+
+def _dry_run_contact(request: HttpRequest, text: str, picked: str):
+    """(the contact, other candidates): by id when one was picked from a list, else by exact email,
+    user id or id, else the contacts whose email, name or company contains `text` (one: that
+    one; several: the caller offers them)."""
+    from leadflow.contacts import selectors as contact_selectors
+
+    workspace = request.workspace
+    if picked.isdigit():
+        contact = contact_selectors.contact_get(workspace=workspace, contact_id=int(picked))
+        if contact is None:
+            raise ServiceError("that contact is no longer in this workspace: search again")
+        return contact, []
+    text = text.strip()
+    if not text:
+        raise ServiceError("enter the email of the contact to follow (or part of it), or choose a hypothetical "
+                           "person")
+    contact = None
+    for kind in ("email", "user_id"):
+        contact = contact or contact_selectors.contact_get_by_identity(workspace=workspace, kind=kind, value=text)
+    if contact is None and text.isdigit():
+        contact = contact_selectors.contact_get(workspace=workspace, contact_id=int(text))
+    if contact is not None:
+        return contact, []
+    matches = list(contact_selectors.contact_search(workspace=workspace, q=text).order_by("email", "pk")
+                   [:DRY_RUN_MATCHES + 1])
+    if not matches:
+        raise ServiceError(f"no contact matches {text!r}: enter their email, or part of it")
+    if len(matches) == 1:
+        return matches[0], []
+    return None, matches
+
+
+def _dry_run_zone(traits: dict, contact):
+    from zoneinfo import ZoneInfo
+
+    name = str(traits.get("timezone") or (contact.timezone if contact is not None else "") or "UTC")
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _dry_run_rows(timeline: list[dict], begin, zone, definition: lang.Definition) -> list[dict]:
+    """The timeline as the page shows it: day, local time, what happened, at which step."""
+    rows = []
+    for row in timeline:
+        detail = row.get("detail") or {}
+        kind = row["kind"]
+        node = definition.node(row.get("node") or "") if row.get("node") else None
+        if kind == "event":
+            props = ", ".join(f"{k} = {v}" for k, v in (row.get("properties") or {}).items())
+            what = row["event"] + (f" ({props})" if props else "")
+        elif kind == "horizon":
+            due, event = detail.get("due_at"), detail.get("waiting_for")
+            what = detail.get("reason") or " ".join(filter(None, [
+                f"waiting for “{event}”" if event else "",
+                f"{'or ' if event else ''}next step {due.astimezone(zone):%Y-%m-%d %H:%M}" if due else ""]))
+        else:
+            what = detail.get("goal") or detail.get("reason") or detail.get("outcome") or detail.get("group") or ""
+        rows.append({"kind": kind, "label": DRY_RUN_KINDS.get(kind, kind),
+                     "at": f"{row['at'].astimezone(zone):%a %Y-%m-%d %H:%M}",
+                     "day": (row["at"] - begin).total_seconds() / 86400, "node": row.get("node", ""),
+                     "step": (node.name or node_summary(node)) if node is not None else "",
+                     "type": TYPE_LABELS.get(row.get("type", ""), row.get("type", "")), "what": str(what),
+                     "email": row.get("email")})
+    return rows
+
+
+@workspace_view()
+def journey_dry_run(request: HttpRequest, journey_id: int) -> HttpResponse:
+    """Follow one person, real or hypothetical, through the journey for some days: the steps and
+    emails with their dates, and nothing sent or kept (`journeys.simulate.journey_simulate`)."""
+    from leadflow.core import clock
+    from leadflow.journeys.simulate import (MAX_DAYS, journey_simulate, simulation_events_parse,
+                                            simulation_traits_parse)
+
+    journey = _journey(request, journey_id)
+    versions = selectors.journey_versions(journey=journey)
+    default = journey.version or (versions[0] if versions else None)
+    form = {"who": "hypothetical", "contact": "", "traits": "", "events": "", "days": "90", "start": "",
+            "version": str(default.number) if default else ""}
+    error, result, matches = "", None, []
+    if request.method == "POST":
+        form.update({key: request.POST.get(key, form[key]) for key in form})
+        try:
+            version = next((v for v in versions if str(v.number) == form["version"].strip()), None)
+            if version is None:
+                raise ServiceError("choose a version of the journey to follow" if versions else
+                                   "this journey has no version yet: save one in the editor first")
+            try:
+                days = float(form["days"].strip().replace(",", "."))
+            except ValueError:
+                raise ServiceError(f"days: {form['days']!r} is not a number") from None
+            if not 0 < days <= MAX_DAYS:
+                raise ServiceError(f"days: more than 0 and at most {MAX_DAYS}")
+            start = None
+            if form["start"].strip():
+                try:
+                    start = clock.parse_iso(form["start"].strip())
+                except ValueError:
+                    raise ServiceError(f"start: {form['start']!r} is not a date and time such as "
+                                       "2026-03-02T09:00Z") from None
+            traits = simulation_traits_parse(form["traits"])
+            events = simulation_events_parse(form["events"])
+            contact = None
+            if form["who"] == "contact":
+                contact, matches = _dry_run_contact(request, form["contact"], request.POST.get("pick", ""))
+                if contact is None:
+                    query = form["contact"].strip()
+                    raise ServiceError(f"more than {DRY_RUN_MATCHES} contacts match {query!r}: type more of the email"
+                                       if len(matches) > DRY_RUN_MATCHES else
+                                       f"{len(matches)} contacts match {query!r}: choose one")
+                form["contact"] = contact.email or contact.user_id or str(contact.pk)
+            start = (start or clock.now()).astimezone(dt.timezone.utc)
+            timeline = journey_simulate(journey_or_definition=version.definition, workspace=request.workspace,
+                                        contact=contact, traits=traits or None, events=events, start=start,
+                                        days=days)
+            zone = _dry_run_zone(traits, contact)
+            rows = _dry_run_rows(timeline, start, zone, version_definition(version))
+            result = {"rows": rows, "contact": contact, "version": version, "days": days, "zone": zone.key,
+                      "start": f"{start.astimezone(zone):%a %Y-%m-%d %H:%M}",
+                      "emails": sum(1 for r in rows if r["kind"] == "sent")}
+        except (ServiceError, JourneyError) as exc:
+            error = str(exc)
+    return render(request, "web/journeys/dry_run.html", {
+        "section": "journeys", "journey": journey, "versions": versions, "form": form, "error": error,
+        "result": result, "matches": matches[:DRY_RUN_MATCHES], "max_days": MAX_DAYS})
 
 
 # --- the editor -----------------------------------------------------------------------------------
@@ -357,9 +499,7 @@ def journey_edit(request: HttpRequest, journey_id: int | None = None) -> HttpRes
     node_ids = [r.values.get("id", "") for r in state.nodes if r.values.get("id")]
     return render(request, "web/journeys/edit.html", {
         "section": "journeys", "journey": journey, "latest": latest, "state": state, "top": state.top,
-        "entry": editor.field_views("entry", [editor.Param("entry", "Who may enter", "filter",
-                                                           modes=editor.OPTIONAL_MODES)],
-                                    {"entry": state.top.get("entry")}, options)[0],
+        "entry": editor.entry_view(state, options),
         "triggers": _rows("triggers", state.triggers, options), "goals": _rows("goals", state.goals, options),
         "exits": _rows("exits", state.exits, options), "nodes": _rows("nodes", state.nodes, options),
         "blank_rows": [{"section": section, "row": _row_view(section, "__prefix__", editor.blank_row(section), options)}
