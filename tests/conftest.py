@@ -139,6 +139,14 @@ def off_loop(fn):
         return pool.submit(call).result()
 
 
+def log_in(page, base_url: str, username: str, password: str) -> None:
+    """Sign in through the login page, as a person would."""
+    page.goto(f"{base_url}/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
 def browser_or_skip():
     """(chromium path, sync_playwright), or a skip with the reason; in CI a failure instead."""
     chromium = chromium_path()

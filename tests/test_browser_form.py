@@ -12,7 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import CHROMIUM_ARGS, browser_or_skip as _browser_or_skip, make_workspace, off_loop as _off_loop
+from conftest import CHROMIUM_ARGS, browser_or_skip as _browser_or_skip, log_in, make_workspace, off_loop as _off_loop
 
 from leadflow.contacts.models import Contact
 from leadflow.core.pipeline import process_pending
@@ -109,10 +109,7 @@ def test_embedded_form_to_profile(live_server, transactional_db):
             contact = contacts[0]
             assert events == {("page", contact.pk), ("identify", contact.pk), ("track", contact.pk)}
 
-            page.goto(f"{live_server.url}/login/")
-            page.get_by_label("Username").fill("maria")
-            page.get_by_label("Password").fill("correct-horse-battery")
-            page.get_by_role("button", name="Log in").click()
+            log_in(page, live_server.url, "maria", "correct-horse-battery")
             expect(page).to_have_url(f"{live_server.url}/contacts/")
             page.get_by_role("link", name="Nina").click()
             expect(page).to_have_url(f"{live_server.url}/contacts/{contact.pk}/")

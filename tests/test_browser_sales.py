@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CHROMIUM_ARGS, browser_or_skip, make_workspace, off_loop
+from conftest import CHROMIUM_ARGS, browser_or_skip, log_in, make_workspace, off_loop
 
 from leadflow.contacts.models import Contact
 from leadflow.core.pipeline import process_pending
@@ -42,10 +42,7 @@ def test_rep_accepts_a_routed_lead_in_the_browser(live_server):
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(f"{live_server.url}/login/")
-            page.get_by_label("Username").fill("rita")
-            page.get_by_label("Password").fill("correct-horse-battery")
-            page.get_by_role("button", name="Log in").click()
+            log_in(page, live_server.url, "rita", "correct-horse-battery")
             sales_link = page.get_by_role("link", name="Sales")
             expect(sales_link).to_contain_text("1")  # one unread alert
             sales_link.click()

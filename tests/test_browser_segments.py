@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CHROMIUM_ARGS, browser_or_skip, make_workspace, off_loop
+from conftest import CHROMIUM_ARGS, browser_or_skip, log_in, make_workspace, off_loop
 
 from leadflow.core.pipeline import process_pending
 from leadflow.core.services import user_create
@@ -35,10 +35,7 @@ def test_build_a_segment_with_the_builder(live_server):
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(f"{live_server.url}/login/")
-            page.get_by_label("Username").fill("mara")
-            page.get_by_label("Password").fill("correct-horse-battery")
-            page.get_by_role("button", name="Log in").click()
+            log_in(page, live_server.url, "mara", "correct-horse-battery")
             page.goto(f"{live_server.url}/segments/new/")
             page.get_by_label("Name").fill("SaaS on pricing")
             row = page.locator(".cond-row").first

@@ -4,7 +4,7 @@ block is built without JSON, the sample person's stage switches the block, and s
 from __future__ import annotations
 
 import pytest
-from conftest import CHROMIUM_ARGS, browser_or_skip, make_workspace, off_loop
+from conftest import CHROMIUM_ARGS, browser_or_skip, log_in, make_workspace, off_loop
 
 from leadflow.core.services import user_create
 from leadflow.messaging.models import MessagingSettings, Template
@@ -28,10 +28,7 @@ def test_write_an_email_with_live_preview_and_a_block(live_server):
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(f"{live_server.url}/login/")
-            page.get_by_label("Username").fill("mara")
-            page.get_by_label("Password").fill("correct-horse-battery")
-            page.get_by_role("button", name="Log in").click()
+            log_in(page, live_server.url, "mara", "correct-horse-battery")
             page.get_by_role("link", name="Email", exact=True).click()
             page.get_by_role("link", name="New template").click()
             page.get_by_label("Name", exact=True).fill("Onboarding")
@@ -85,10 +82,7 @@ def test_renaming_a_block_keeps_what_is_typed_in_its_variants(live_server):
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{live_server.url}/login/")
-            page.get_by_label("Username").fill("mara")
-            page.get_by_label("Password").fill("correct-horse-battery")
-            page.get_by_role("button", name="Log in").click()
+            log_in(page, live_server.url, "mara", "correct-horse-battery")
             page.goto(f"{live_server.url}/email/templates/new/")
             page.get_by_label("Name", exact=True).fill("Block rename")
             page.get_by_label("Subject").fill("Block test")

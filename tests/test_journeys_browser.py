@@ -7,7 +7,7 @@ import datetime as dt
 import re
 
 import pytest
-from conftest import CHROMIUM_ARGS, browser_or_skip, make_workspace, off_loop
+from conftest import CHROMIUM_ARGS, browser_or_skip, log_in, make_workspace, off_loop
 
 from leadflow.core import clock as clock_module
 from leadflow.core.services import user_create
@@ -45,10 +45,7 @@ def test_build_publish_and_watch_a_journey(live_server):
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
-                page.goto(f"{live_server.url}/login/")
-                page.get_by_label("Username").fill("mara")
-                page.get_by_label("Password").fill("correct-horse-battery")
-                page.get_by_role("button", name="Log in").click()
+                log_in(page, live_server.url, "mara", "correct-horse-battery")
                 page.get_by_role("link", name="Journeys").click()
                 page.get_by_role("link", name="New journey").click()
 
@@ -128,10 +125,7 @@ def test_an_unchanged_save_keeps_an_advanced_entry_filter(live_server):
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(f"{live_server.url}/login/")
-            page.get_by_label("Username").fill("mara")
-            page.get_by_label("Password").fill("correct-horse-battery")
-            page.get_by_role("button", name="Log in").click()
+            log_in(page, live_server.url, "mara", "correct-horse-battery")
             page.goto(f"{live_server.url}/journeys/{journey_id}/edit/")
             expect(page.get_by_label("Who may enter: kind")).to_have_value("json")
             expect(page.get_by_label("Who may enter: filter JSON")).to_be_visible()
@@ -177,10 +171,7 @@ def test_a_dry_run_from_the_journey_page(live_server):
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
-                page.goto(f"{live_server.url}/login/")
-                page.get_by_label("Username").fill("ana")
-                page.get_by_label("Password").fill("correct-horse-battery")
-                page.get_by_role("button", name="Log in").click()
+                log_in(page, live_server.url, "ana", "correct-horse-battery")
                 page.goto(f"{live_server.url}/journeys/{journey_id}/")
                 page.get_by_role("link", name="Dry run").click()
                 events = page.get_by_label("Events (one a line: when, the event, its properties)")

@@ -4,7 +4,7 @@ email pages keep their sub-navigation, and long DNS record values stay inside th
 from __future__ import annotations
 
 import pytest
-from conftest import CHROMIUM_ARGS, browser_or_skip, make_workspace, off_loop
+from conftest import CHROMIUM_ARGS, browser_or_skip, log_in, make_workspace, off_loop
 
 from leadflow.core.services import user_create
 from leadflow.messaging.sending import sending_domain_create
@@ -22,10 +22,7 @@ def _admin(name: str = "My workspace") -> dict:
 
 
 def _log_in(page, url: str) -> None:
-    page.goto(f"{url}/login/")
-    page.get_by_label("Username").fill("admin")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
+    log_in(page, url, "admin", PASSWORD)
 
 
 # What is drawn at the middle of an element: the element itself (or something inside it) when
