@@ -33,13 +33,19 @@ def _journey_context(p, node, task: str = "") -> dict:
             "journey_step": node.id}
 
 
-def routing_gap(router) -> str:
-    """Why routing found nobody for a lead: the words the step's history, the journey page and
-    the linter show."""
+def _candidates(router) -> tuple[list[int], list[int]]:
+    """(the default pool, everyone routing may give a lead to: that pool and every rule's target)."""
     default = [int(u) for u in router.settings.default_pool or []]
     listed = list(default)
     for rule in router.rules:
         listed += [rule.target_user_id] if rule.target_user_id else [int(u) for u in rule.pool or []]
+    return default, listed
+
+
+def routing_gap(router) -> str:
+    """Why routing found nobody for a lead: the words the step's history, the journey page and
+    the linter show."""
+    default, listed = _candidates(router)
     if not listed:
         return "no sales rep to route to: the routing pool is empty"
     if not any(router.available(u) for u in listed):
@@ -57,10 +63,7 @@ def sales_reps_missing(*, workspace_id: int, now: dt.datetime) -> str | None:
     from leadflow.lifecycle.services import Router
 
     router = Router(workspace_id, now)
-    candidates = [int(u) for u in router.settings.default_pool or []]
-    for rule in router.rules:
-        candidates += [rule.target_user_id] if rule.target_user_id else [int(u) for u in rule.pool or []]
-    if any(router.available(u) for u in candidates):
+    if any(router.available(u) for u in _candidates(router)[1]):
         return None
     return routing_gap(router)
 

@@ -821,30 +821,27 @@ def _task_locked(task: SalesTask) -> SalesTask:
     return SalesTask.objects.select_for_update().get(pk=task.pk, workspace_id=task.workspace_id)
 
 
-def task_complete(*, task: SalesTask, user, via: str = "") -> SalesTask:
-    """Mark a task done: its owner, their manager or an admin."""
+def _task_done_set(*, task: SalesTask, user, via: str, done: bool) -> SalesTask:
     with transaction.atomic():
         task = _task_locked(task)
         owner_actor_check(workspace_id=task.workspace_id, user=user, owner_id=task.owner_id, what="task")
-        if task.done_at is not None:
-            raise TaskConflict("the task is already done")
-        task.done_at, task.done_by = clock.now(), user
+        if (task.done_at is not None) == done:
+            raise TaskConflict("the task is already done" if done else "the task is not done")
+        task.done_at, task.done_by = (clock.now(), user) if done else (None, None)
         task.save(update_fields=["done_at", "done_by"])
-        _audit(_task_contact(task), user, via, "task.complete", {"task": task.pk, "title": task.title})
+        _audit(_task_contact(task), user, via, "task.complete" if done else "task.reopen",
+               {"task": task.pk, "title": task.title})
     return task
+
+
+def task_complete(*, task: SalesTask, user, via: str = "") -> SalesTask:
+    """Mark a task done: its owner, their manager or an admin."""
+    return _task_done_set(task=task, user=user, via=via, done=True)
 
 
 def task_reopen(*, task: SalesTask, user, via: str = "") -> SalesTask:
     """Open a done task again (marked done by mistake)."""
-    with transaction.atomic():
-        task = _task_locked(task)
-        owner_actor_check(workspace_id=task.workspace_id, user=user, owner_id=task.owner_id, what="task")
-        if task.done_at is None:
-            raise TaskConflict("the task is not done")
-        task.done_at, task.done_by = None, None
-        task.save(update_fields=["done_at", "done_by"])
-        _audit(_task_contact(task), user, via, "task.reopen", {"task": task.pk, "title": task.title})
-    return task
+    return _task_done_set(task=task, user=user, via=via, done=False)
 
 
 # --- reps and routing rules -------------------------------------------------------------------
