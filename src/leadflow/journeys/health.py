@@ -47,6 +47,7 @@ from leadflow.config import ConfigError
 from leadflow.core import clock
 from leadflow.core.models import AuditEntry
 from leadflow.core.services import audit_record
+from leadflow.journeys.selectors import journey_id_of_source
 from leadflow.journeys.services import BREAKER
 from leadflow.journeys.models import (DeliveryStatus, EnrollmentStep, Journey, JourneyStatus, StepKind,
                                       WebhookDelivery, WebhookEndpoint)
@@ -204,12 +205,6 @@ def _webhook_counts(ids: list[int], since: dt.datetime) -> dict[int, dict[int, t
     return counts
 
 
-def _journey_of(source: str) -> int | None:
-    """The journey id in a message's `source` (`journey:<id>:<node>`)."""
-    parts = source.split(":")
-    return int(parts[1]) if len(parts) >= 2 and parts[0] == "journey" and parts[1].isdigit() else None
-
-
 def _email_counts(starts: dict[int, dt.datetime], since: dt.datetime) -> dict[int, dict[int | None, tuple[int, int]]]:
     """journey → server id (None: the workspace's default) → (failed, attempted), from the
     message events of the window (one grouped query per distinct start; nearly every journey
@@ -234,7 +229,7 @@ def _email_counts(starts: dict[int, dt.datetime], since: dt.datetime) -> dict[in
             query = query.filter(match)
         wanted = set(journey_ids)
         for row in query.values("message__source", "message__server_id", "kind").annotate(n=Count("pk")):
-            journey_id = _journey_of(row["message__source"])
+            journey_id = journey_id_of_source(row["message__source"])
             if journey_id not in wanted:
                 continue
             pair = counts[journey_id][row["message__server_id"]]

@@ -37,6 +37,13 @@ def _source(journey_id: int, node_id: str = "") -> str:
     return f"journey:{journey_id}:{node_id}"
 
 
+def journey_id_of_source(source: str) -> int | None:
+    """The journey that queued a message, from its `source` (`journey:<id>:<node>`), else None."""
+    kind, _, rest = (source or "").partition(":")
+    head = rest.partition(":")[0]
+    return int(head) if kind == "journey" and head.isdigit() else None
+
+
 @dataclasses.dataclass
 class JourneyNumbers:
     """A journey's key numbers: people in it now, who ever entered and how they ended, emails sent."""

@@ -87,13 +87,6 @@ def review_count(*, workspace_id: int) -> int:
     return Message.objects.filter(workspace_id=workspace_id, status=MessageStatus.REVIEW).count()
 
 
-def journey_of(source: str) -> int | None:
-    """The journey that queued a message, from its `source` (`journey:ID:NODE`), else None."""
-    kind, _, rest = (source or "").partition(":")
-    head = rest.partition(":")[0]
-    return int(head) if kind == "journey" and head.isdigit() else None
-
-
 def review_reasons(*, messages: list[Message]) -> dict[int, dict]:
     """Why each message is in review, in one query: the reason (and explanation) of its latest
     event that gives one, else the message's `error`."""
@@ -114,6 +107,7 @@ def review_sources(*, workspace: Workspace) -> list[dict]:
     """The broadcasts and journeys that have messages in review, with how many, most first (one
     grouped query and one for the journeys' names)."""
     from leadflow.journeys.models import Journey
+    from leadflow.journeys.selectors import journey_id_of_source
 
     rows = (Message.objects.filter(workspace=workspace, status=MessageStatus.REVIEW).order_by()
             .values("broadcast_id", "broadcast__name", "source").annotate(n=Count("pk")))
@@ -126,7 +120,7 @@ def review_sources(*, workspace: Workspace) -> list[dict]:
                                                                "name": row["broadcast__name"], "count": 0})
             entry["count"] += row["n"]
             continue
-        journey_id = journey_of(row["source"])
+        journey_id = journey_id_of_source(row["source"])
         if journey_id is not None:
             journeys[journey_id] = journeys.get(journey_id, 0) + row["n"]
         else:

@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from leadflow.core.services import ServiceError
+from leadflow.journeys.selectors import journey_id_of_source
 from leadflow.messaging import review as services
 from leadflow.web.views import _actor, _page, workspace_view
 
@@ -44,7 +45,7 @@ def review_list(request: HttpRequest) -> HttpResponse:
     journeys = {s["id"]: s["name"] for s in sources if s["kind"] == "journey"}
     rows = []
     for m in items:
-        journey_id = services.journey_of(m.source)
+        journey_id = journey_id_of_source(m.source)
         rows.append({"message": m, "why": reasons[m.pk], "journey_id": journey_id,
                      "journey_name": journeys.get(journey_id, "")})
     current = next((s for s in sources if (s["kind"] == "broadcast" and s["id"] == selection.get("broadcast_id"))
