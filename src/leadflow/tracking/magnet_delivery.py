@@ -116,6 +116,7 @@ def magnet_deliveries_queue(*, workspace_id: int, requests: list[tuple[object, o
     done = set(Message.objects.filter(workspace_id=workspace_id, dedupe_key__in=keys)
                .values_list("dedupe_key", flat=True))
     sender_name, postal_address = sender_get(workspace_id=workspace_id)
+    templates: dict[int, object] = {}
     queued = 0
     for contact, event, ref in wanted:
         magnet = magnets.get(ref)
@@ -123,9 +124,11 @@ def magnet_deliveries_queue(*, workspace_id: int, requests: list[tuple[object, o
         if magnet is None or key in done:
             continue
         done.add(key)
+        if magnet.pk not in templates:  # one look-up per magnet, however many asked for it
+            templates[magnet.pk] = _template_for(magnet)
         token = magnet_token(magnet=magnet, anonymous_id=event.anonymous_id or "", email=contact.email)
         message_queue(
-            workspace_id=workspace_id, contact=contact, template=_template_for(magnet), kind=MessageKind.TRANSACTIONAL,
+            workspace_id=workspace_id, contact=contact, template=templates[magnet.pk], kind=MessageKind.TRANSACTIONAL,
             topic="", source=f"magnet:{magnet.slug}", campaign=magnet.slug, dedupe_key=key,
             context={"magnet_name": magnet.name, "magnet_slug": magnet.slug, "magnet_kind": magnet.kind,
                      "magnet_kind_name": magnet.get_kind_display(), "magnet_description": magnet.description,
