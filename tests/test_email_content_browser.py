@@ -13,17 +13,19 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 SCREENSHOT = "/tmp/leadflow-email-editor.png"
 
 
+def _writer_workspace(name: str) -> int:
+    """A workspace with a postal address and mara, a marketer, who writes in it."""
+    keys = make_workspace(name)
+    user_create(username="mara", password="correct-horse-battery", workspace=keys.workspace, role="marketer")
+    MessagingSettings.objects.create(workspace=keys.workspace, postal_address="Acme Inc, 1 Main St")
+    return keys.workspace.pk
+
+
 def test_write_an_email_with_live_preview_and_a_block(live_server):
     chromium, sync_playwright = browser_or_skip()
     from playwright.sync_api import expect
 
-    def setup():
-        keys = make_workspace("Writers")
-        user_create(username="mara", password="correct-horse-battery", workspace=keys.workspace, role="marketer")
-        MessagingSettings.objects.create(workspace=keys.workspace, postal_address="Acme Inc, 1 Main St")
-        return keys.workspace.pk
-
-    workspace_id = off_loop(setup)
+    workspace_id = off_loop(lambda: _writer_workspace("Writers"))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
@@ -71,13 +73,7 @@ def test_renaming_a_block_keeps_what_is_typed_in_its_variants(live_server):
     chromium, sync_playwright = browser_or_skip()
     from playwright.sync_api import expect
 
-    def setup():
-        keys = make_workspace("Renamers")
-        user_create(username="mara", password="correct-horse-battery", workspace=keys.workspace, role="marketer")
-        MessagingSettings.objects.create(workspace=keys.workspace, postal_address="Acme Inc, 1 Main St")
-        return keys.workspace.pk
-
-    workspace_id = off_loop(setup)
+    workspace_id = off_loop(lambda: _writer_workspace("Renamers"))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
